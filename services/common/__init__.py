@@ -1,0 +1,1 @@
+"""Scaffolding shared by every Vitrine service: config, logging, metrics, auth, server, channels."""

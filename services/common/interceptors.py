@@ -1,0 +1,195 @@
+"""One server interceptor for the cross-cutting work of every RPC.
+
+It checks the bearer token, refuses calls until the service is ready, caps the
+calls in flight, maps domain errors (services.common.errors) to status codes, and
+records Prometheus metrics. Wrapped handlers are cached per method, so the per-call
+cost is a dict lookup and a few clock reads.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from services.common.errors import VitrineError
+from services.common.metrics import RPC_IN_FLIGHT, RPC_LATENCY, RPC_REQUESTS
+
+log = logging.getLogger(__name__)
+
+# Health checks and reflection need no token (Kubernetes' gRPC probes cannot send one)
+# and must answer while the service is still starting.
+OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+class ServiceGate:
+    """Readiness and load state shared between the server and its interceptor."""
+
+    def __init__(self, max_concurrent: int = 0) -> None:
+        self.ready = False
+        self.in_flight = 0
+        self.max_concurrent = max_concurrent
+
+
+def _status_of(exc: BaseException) -> grpc.StatusCode:
+    if isinstance(exc, VitrineError):
+        return getattr(grpc.StatusCode, exc.code_name, grpc.StatusCode.UNKNOWN)
+    return grpc.StatusCode.UNKNOWN
+
+
+def _abort_handler(code: grpc.StatusCode, message: str, template: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(code, message)
+
+    async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        await context.abort(code, message)
+        yield  # pragma: no cover - makes this an async generator
+
+    kwargs = {
+        "request_deserializer": template.request_deserializer,
+        "response_serializer": template.response_serializer,
+    }
+    if template.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(unary, **kwargs)
+    if template.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(streaming, **kwargs)
+    if template.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(unary, **kwargs)
+    return grpc.stream_stream_rpc_method_handler(streaming, **kwargs)
+
+
+class ServerInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, service: str, gate: ServiceGate, auth_token: str = "") -> None:
+        self.service = service
+        self.gate = gate
+        self._expected = f"Bearer {auth_token}".encode() if auth_token else b""
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        method = details.method
+        if method.startswith(OPEN_SERVICES):
+            return await continuation(details)
+        handler = self._wrapped.get(method)
+        if handler is None:
+            inner = await continuation(details)
+            if inner is None:
+                return None  # unknown method: grpc answers UNIMPLEMENTED
+            handler = self._wrapped[method] = self._wrap(method, inner)
+        if self._expected and not self._authorized(details):
+            return _abort_handler(grpc.StatusCode.UNAUTHENTICATED,
+                                  "missing or wrong bearer token in 'authorization' metadata", handler)
+        if not self.gate.ready:
+            return _abort_handler(grpc.StatusCode.UNAVAILABLE,
+                                  f"{self.service} is starting; retry when health reports SERVING", handler)
+        if self.gate.max_concurrent and self.gate.in_flight >= self.gate.max_concurrent:
+            RPC_REQUESTS.labels(self.service, method, "RESOURCE_EXHAUSTED").inc()
+            return _abort_handler(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                  f"{self.service} is at its limit of {self.gate.max_concurrent} calls "
+                                  "in flight; retry with backoff", handler)
+        return handler
+
+    def _authorized(self, details: grpc.HandlerCallDetails) -> bool:
+        for key, value in details.invocation_metadata or ():
+            if key == "authorization":
+                given = value.encode() if isinstance(value, str) else value
+                return hmac.compare_digest(given, self._expected)
+        return False
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        service, gate = self.service, self.gate
+        latency = RPC_LATENCY.labels(service, method)
+        in_flight = RPC_IN_FLIGHT.labels(service)
+        counters: dict[grpc.StatusCode, Any] = {}
+
+        def finish(started: float, code: grpc.StatusCode) -> None:
+            gate.in_flight -= 1
+            in_flight.dec()
+            latency.observe(time.perf_counter() - started)
+            counter = counters.get(code)
+            if counter is None:
+                counter = counters[code] = RPC_REQUESTS.labels(service, method, code.name)
+            counter.inc()
+
+        async def fail(exc: BaseException, context: grpc.aio.ServicerContext) -> grpc.StatusCode:
+            code = _status_of(exc)
+            if code is grpc.StatusCode.UNKNOWN:
+                log.exception("unhandled error in %s", method)
+                await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}; see server logs")
+            await context.abort(code, str(getattr(exc, "message", exc)))
+            return code  # pragma: no cover - abort raises
+
+        def code_after(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
+            code = context.code()
+            return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.OK
+
+        async def unary_response(behavior: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started = time.perf_counter()
+            gate.in_flight += 1
+            in_flight.inc()
+            code = grpc.StatusCode.OK
+            try:
+                response = await behavior(request, context)
+                code = code_after(context)
+                return response
+            except grpc.aio.AbortError:
+                code = code_after(context)
+                raise
+            except Exception as exc:  # noqa: BLE001 - mapped to a status, logged when unexpected
+                code = _status_of(exc)
+                if code is grpc.StatusCode.UNKNOWN:
+                    code = grpc.StatusCode.INTERNAL
+                await fail(exc, context)
+            finally:
+                finish(started, code)
+
+        async def stream_response(behavior: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started = time.perf_counter()
+            gate.in_flight += 1
+            in_flight.inc()
+            code = grpc.StatusCode.OK
+            try:
+                async for item in behavior(request, context):
+                    yield item
+                code = code_after(context)
+            except grpc.aio.AbortError:
+                code = code_after(context)
+                raise
+            except Exception as exc:  # noqa: BLE001
+                code = _status_of(exc)
+                if code is grpc.StatusCode.UNKNOWN:
+                    code = grpc.StatusCode.INTERNAL
+                await fail(exc, context)
+            finally:
+                finish(started, code)
+
+        kwargs = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        # Real `async def` closures: grpc.aio runs anything that is not a coroutine or
+        # async-generator function in a thread pool.
+        unary_inner = handler.unary_unary or handler.stream_unary
+        stream_inner = handler.unary_stream or handler.stream_stream
+
+        async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            return await unary_response(unary_inner, request, context)
+
+        async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            async for item in stream_response(stream_inner, request, context):
+                yield item
+
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(unary, **kwargs)
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(unary, **kwargs)
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(streaming, **kwargs)
+        return grpc.stream_stream_rpc_method_handler(streaming, **kwargs)

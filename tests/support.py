@@ -1,0 +1,37 @@
+"""Helpers for tests that start real services in-process on port 0."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import grpc
+
+from services.common.config import ServerConfig
+from services.common.server import RunningServer, Service, build_server
+
+
+@contextlib.asynccontextmanager
+async def serving(service: Service, config: ServerConfig) -> AsyncIterator[RunningServer]:
+    """Run `service` on a free port for the duration of the block."""
+    running = await build_server(config, service)
+    try:
+        yield running
+    finally:
+        await running.stop(0)
+
+
+@contextlib.asynccontextmanager
+async def channel_to(running: RunningServer) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(running.address) as channel:
+        yield channel
+
+
+async def assert_status(awaitable: object, code: grpc.StatusCode) -> grpc.aio.AioRpcError:
+    """Await a call and check it failed with `code`; returns the error for further checks."""
+    try:
+        await awaitable  # type: ignore[misc]
+    except grpc.aio.AioRpcError as err:
+        assert err.code() == code, f"expected {code.name}, got {err.code().name}: {err.details()}"
+        return err
+    raise AssertionError(f"expected {code.name}, the call succeeded")

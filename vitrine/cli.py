@@ -1,0 +1,43 @@
+"""The `vitrine` command. Each subcommand is a module in vitrine/commands/ exposing
+NAME, HELP, add_arguments(parser) and run(args) -> int; they are found at start-up,
+so adding a command touches no shared file."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+from collections.abc import Sequence
+
+import vitrine.commands
+
+
+def _commands() -> list[object]:
+    modules = []
+    for info in sorted(pkgutil.iter_modules(vitrine.commands.__path__), key=lambda i: i.name):
+        if not info.name.startswith("_"):
+            modules.append(importlib.import_module(f"vitrine.commands.{info.name}"))
+    return modules
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vitrine", description="Vitrine real-time personalization engine")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in _commands():
+        command = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)  # type: ignore[attr-defined]
+        module.add_arguments(command)  # type: ignore[attr-defined]
+        command.set_defaults(_run=module.run)  # type: ignore[attr-defined]
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
