@@ -1,0 +1,110 @@
+"""`vitrine up`: start the whole suite on localhost, load the demo store into an empty
+data directory, and stay in the foreground until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from vitrine.supervisor import DEFAULT_PORTS, Suite, SuiteLayout, is_empty_data_dir, tail
+
+NAME = "up"
+HELP = "start all services on localhost (demo store loaded into an empty data dir) until Ctrl-C"
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value else default
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", default=os.environ.get("VITRINE_DATA_DIR", "./data"),
+                        help="where every service keeps its files (env VITRINE_DATA_DIR; default ./data)")
+    parser.add_argument("--no-demo", action="store_true", help="start empty: do not load the demo store")
+    parser.add_argument("--profile-shards", type=int, default=_env_int("VITRINE_PROFILE_SHARDS", 1),
+                        help="number of profile shards (processes), routed by the gateway (default 1)")
+    for name, port in DEFAULT_PORTS.items():
+        env = f"VITRINE_{name.upper()}_PORT"
+        parser.add_argument(f"--{name}-port", type=int, default=_env_int(env, port),
+                            help=f"{name} port (env {env}; default {port})")
+    parser.add_argument("--auth-token", default=os.environ.get("VITRINE_AUTH_TOKEN", ""),
+                        help="shared bearer token for every service (env VITRINE_AUTH_TOKEN)")
+    parser.add_argument("--metrics-base-port", type=int, default=_env_int("VITRINE_METRICS_BASE_PORT", -1),
+                        help="serve /metrics on consecutive ports from here (default off)")
+    parser.add_argument("--demo-shoppers", type=int, default=None, help="demo store size (default: the preset)")
+    parser.add_argument("--demo-products", type=int, default=None, help="demo store size (default: the preset)")
+
+
+def _load_demo(layout: SuiteLayout, args: argparse.Namespace) -> None:
+    from vitrine.demo.config import DemoConfig
+    from vitrine.demo.loader import load_demo
+
+    overrides = {}
+    if args.demo_products:
+        overrides["n_products"] = args.demo_products
+    if args.demo_shoppers:
+        overrides["n_shoppers"] = args.demo_shoppers
+    config = DemoConfig(**overrides)
+    started = time.monotonic()
+    report = asyncio.run(load_demo(
+        config,
+        profile_addresses=layout.profile_addresses(),
+        gateway_address=layout.address("gateway"),
+        segmentation_address=layout.address("segmentation"),
+        recommendation_address=layout.address("recommendation"),
+        auth_token=layout.auth_token,
+    ))
+    print(f"demo store loaded in {time.monotonic() - started:.1f}s: {report}", file=sys.stderr)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.profile_shards < 1:
+        print("--profile-shards must be at least 1", file=sys.stderr)
+        return 2
+    data_dir = Path(args.data_dir).resolve()
+    load = not args.no_demo and is_empty_data_dir(data_dir)
+    layout = SuiteLayout(
+        data_dir=data_dir,
+        ports={name: getattr(args, f"{name}_port") for name in DEFAULT_PORTS},
+        profile_shards=args.profile_shards,
+        auth_token=args.auth_token,
+        metrics_base_port=args.metrics_base_port,
+    )
+    suite = Suite(layout)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+
+    print(f"starting Vitrine (data in {data_dir}, logs in {data_dir / 'logs'}) ...", file=sys.stderr)
+    try:
+        suite.start()
+    except (RuntimeError, TimeoutError) as exc:
+        print(f"start failed: {exc}", file=sys.stderr)
+        for child in suite.children:
+            print(f"--- {child.name} ({child.log_path})\n{tail(child.log_path)}", file=sys.stderr)
+        return 1
+    for child in suite.children:
+        print(f"  {child.name:<16} {child.address}  SERVING", file=sys.stderr)
+    try:
+        if load and not stop.is_set():
+            print("empty data directory: loading the demo store ...", file=sys.stderr)
+            _load_demo(layout, args)
+        print(f"Vitrine is up; the gateway is at {layout.address('gateway')}. Ctrl-C stops it.", file=sys.stderr)
+        while not stop.wait(1.0):
+            dead = suite.dead_children()
+            if dead:
+                for child in dead:
+                    print(f"{child.name} exited ({child.process.returncode}); last log lines:\n"  # type: ignore[union-attr]
+                          f"{tail(child.log_path)}", file=sys.stderr)
+                return 1
+        return 0
+    finally:
+        print("stopping ...", file=sys.stderr)
+        suite.stop()
+        print("stopped.", file=sys.stderr)
