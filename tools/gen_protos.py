@@ -23,9 +23,8 @@ def proto_files() -> list[Path]:
 
 
 def generate(out_dir: Path) -> None:
-    from grpc_tools import protoc  # imported late: only the build step needs it
-
     import grpc_tools
+    from grpc_tools import protoc  # imported late: only the build step needs it
 
     well_known = Path(grpc_tools.__file__).parent / "_proto"
     files = [str(p.relative_to(PROTO_ROOT)) for p in proto_files()]

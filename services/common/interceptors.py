@@ -142,7 +142,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             except grpc.aio.AbortError:
                 code = code_after(context)
                 raise
-            except Exception as exc:  # noqa: BLE001 - mapped to a status, logged when unexpected
+            except Exception as exc:
                 code = _status_of(exc)
                 if code is grpc.StatusCode.UNKNOWN:
                     code = grpc.StatusCode.INTERNAL
@@ -162,7 +162,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             except grpc.aio.AbortError:
                 code = code_after(context)
                 raise
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 code = _status_of(exc)
                 if code is grpc.StatusCode.UNKNOWN:
                     code = grpc.StatusCode.INTERNAL
