@@ -26,6 +26,9 @@ CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
     ("grpc.enable_retries", 1),
+    # Balance calls (not just connections) over every address a DNS name resolves to, e.g. a
+    # headless Service's pods; harmless for a single address.
+    ("grpc.lb_policy_name", "round_robin"),
 )
 
 

@@ -35,6 +35,10 @@ SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.so_reuseport", 0),
+    # Recycle connections now and then so long-lived clients re-resolve DNS and spread over
+    # new replicas after a scale-up; in-flight calls get the grace period to finish.
+    ("grpc.max_connection_age_ms", 300_000),
+    ("grpc.max_connection_age_grace_ms", 30_000),
 )
 
 
