@@ -1,0 +1,162 @@
+"""The whole suite end to end: real service processes on loopback, driven through the gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from vitrine.supervisor import DEFAULT_PORTS, Suite, SuiteLayout, wait_serving
+from vitrine.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, profile_pb2, recommend_pb2
+
+pytestmark = pytest.mark.slow
+
+SERVICE_NAMES = {
+    "gateway": "vitrine.v1.PersonalizationService",
+    "profile": "vitrine.v1.ProfileService",
+    "segmentation": "vitrine.v1.SegmentService",
+    "recommendation": "vitrine.v1.RecommendService",
+}
+
+
+def free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def layout_for(tmp_path: Path, shards: int = 1) -> SuiteLayout:
+    ports = dict(zip(DEFAULT_PORTS, free_ports(len(DEFAULT_PORTS)), strict=True))
+    # Extra shards sit at profile + 10·i; make sure those are free-ish by picking a high base.
+    return SuiteLayout(data_dir=tmp_path / "data", ports=ports, profile_shards=shards)
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
+    from vitrine.demo.config import DemoConfig
+    from vitrine.demo.loader import load_demo
+
+    layout = layout_for(tmp_path_factory.mktemp("suite"))
+    running = Suite(layout)
+    running.start()
+    try:
+        asyncio.run(load_demo(
+            DemoConfig(n_products=400, n_shoppers=150, seed=7),
+            profile_addresses=layout.profile_addresses(),
+            gateway_address=layout.address("gateway"),
+            segmentation_address=layout.address("segmentation"),
+            recommendation_address=layout.address("recommendation"),
+        ))
+        yield running
+    finally:
+        running.stop()
+
+
+def known_shopper(suite: Suite) -> str:
+    from vitrine.v1 import profile_pb2_grpc
+
+    with grpc.insecure_channel(suite.layout.profile_addresses()[0]) as channel:
+        stub = profile_pb2_grpc.ProfileServiceStub(channel)
+        for profile in stub.ScanProfiles(profile_pb2.ScanProfilesRequest(limit=50), timeout=10):
+            if profile.recently_viewed and profile.consent.personalization:
+                return profile.user_id
+    raise AssertionError("the demo store has no shopper with views")
+
+
+def test_every_service_serves_health_and_reflection(suite: Suite) -> None:
+    for child in suite.children:
+        name = child.name.split("-")[0]
+        with grpc.insecure_channel(child.address) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=SERVICE_NAMES[name]), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+            answers = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
+                                                timeout=5)
+            names = {s.name for a in answers for s in a.list_services_response.service}
+            assert SERVICE_NAMES[name] in names
+
+
+def test_personalize_known_shopper_is_personalized(suite: Suite) -> None:
+    user = known_shopper(suite)
+    with grpc.insecure_channel(suite.layout.address("gateway")) as channel:
+        stub = gateway_pb2_grpc.PersonalizationServiceStub(channel)
+        reply = stub.Personalize(gateway_pb2.PersonalizeRequest(
+            user_id=user, page_type="home", deadline_ms=2000,
+            context=common_pb2.Context(device_type="mobile", country="BR", traffic_source="email"),
+        ), timeout=5)
+    assert reply.personalized, reply.fallback_reason
+    assert reply.placements and all(p.items for p in reply.placements)
+    assert "device:mobile" in reply.segment_ids and "geo:BR" in reply.segment_ids
+    for placement in reply.placements:
+        assert all(item.product_id for item in placement.items)
+
+
+def test_unknown_shopper_gets_default_experience(suite: Suite) -> None:
+    with grpc.insecure_channel(suite.layout.address("gateway")) as channel:
+        stub = gateway_pb2_grpc.PersonalizationServiceStub(channel)
+        reply = stub.Personalize(gateway_pb2.PersonalizeRequest(user_id="nobody-ever", page_type="home"), timeout=5)
+    assert not reply.personalized
+    assert "unknown_user" in reply.fallback_reason
+    assert any(p.items for p in reply.placements)
+
+
+def test_track_through_gateway_updates_profile_and_never_recommends_out_of_stock(suite: Suite) -> None:
+    from vitrine.v1 import recommend_pb2_grpc
+
+    now = int(time.time() * 1000)
+    with grpc.insecure_channel(suite.layout.address("gateway")) as channel:
+        stub = gateway_pb2_grpc.PersonalizationServiceStub(channel)
+        event = common_pb2.Event(event_id="e2e-1", user_id="e2e-shopper", session_id="s1",
+                                 type=common_pb2.PRODUCT_VIEW, timestamp_ms=now, product_id="p000001")
+        assert stub.Track(profile_pb2.TrackRequest(event=event), timeout=5).applied
+        assert not stub.Track(profile_pb2.TrackRequest(event=event), timeout=5).applied
+        profile = stub.GetProfile(profile_pb2.GetProfileRequest(user_id="e2e-shopper"), timeout=5)
+        assert profile.recently_viewed[0] == "p000001"
+
+        with grpc.insecure_channel(suite.layout.address("recommendation")) as rec_channel:
+            rec = recommend_pb2_grpc.RecommendServiceStub(rec_channel)
+            trending = rec.Recommend(recommend_pb2.RecommendRequest(strategy=recommend_pb2.TRENDING, k=5), timeout=5)
+            sold_out = trending.items[0].product_id
+            rec.UpdateInventory(iter([recommend_pb2.StockUpdate(product_id=sold_out, stock=0)]), timeout=5)
+        reply = stub.Personalize(gateway_pb2.PersonalizeRequest(user_id="e2e-shopper", page_type="home",
+                                                                deadline_ms=2000), timeout=5)
+        shown = {item.product_id for p in reply.placements for item in p.items}
+        assert sold_out not in shown
+
+
+def test_vitrine_up_starts_everything_and_stops_on_sigterm(tmp_path: Path) -> None:
+    ports = free_ports(4)
+    flags = [f"--{name}-port={port}" for name, port in zip(DEFAULT_PORTS, ports, strict=True)]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "vitrine", "up", "--no-demo", "--data-dir", str(tmp_path / "d"), *flags],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        deadline = time.monotonic() + 120
+        for port in ports:
+            wait_serving(f"127.0.0.1:{port}", deadline, process)
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    text = output.decode()
+    assert process.returncode == 0, text
+    assert "SERVING" in text and "stopped." in text
