@@ -1,0 +1,1 @@
+"""Profile service: the single customer view on LMDB (event log, fold, merge, consent, erasure)."""

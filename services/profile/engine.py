@@ -1,0 +1,392 @@
+"""The profile engine: validation, group-commit writer, reads and the retention purge.
+
+All writes go through one writer task that owns a single worker thread: it takes pending
+event chunks from an asyncio queue, applies as many as fit (batch_max_events) in one
+LMDB write transaction, and resolves each caller's future after the commit is durable.
+`Track` awaits its future, so it answers only when its event is on disk, and concurrent
+Tracks share one fsync. Other writes (Identify, SetConsent, ...) run in order on the same
+thread, so one shopper's updates are serialized and none is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import logging
+import time
+from collections.abc import AsyncIterable, Callable, Sequence
+from typing import Any, TypeVar
+
+import lmdb
+
+from services.common.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable, VitrineError
+from services.profile import config as C
+from services.profile import fold
+from services.profile.store import DeleteResult, LmdbProfileStore, StoredEvent, TrackResult
+from services.profile.validation import check_id, validate_event, validate_traits
+from vitrine.v1 import common_pb2, profile_pb2
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+DAY_MS = 86_400_000
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclasses.dataclass
+class StreamSummary:
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    errors: list[str] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class _Job:
+    events: Sequence[common_pb2.Event] | None
+    call: Callable[[], Any] | None
+    future: asyncio.Future[Any]
+
+
+class ProfileEngine:
+    """Domain operations of the profile service over an LmdbProfileStore."""
+
+    def __init__(
+        self,
+        store: LmdbProfileStore | Callable[[], LmdbProfileStore],
+        *,
+        retention_days: int = C.DEFAULT_RETENTION_DAYS,
+        idempotency_ttl_hours: int = C.DEFAULT_IDEMPOTENCY_TTL_HOURS,
+        batch_max_events: int = C.DEFAULT_BATCH_MAX_EVENTS,
+        purge_interval_seconds: float = 0.0,
+        clock: Callable[[], int] = now_ms,
+    ) -> None:
+        # A store, or a function that opens one in start() (the service opens LMDB on start).
+        self._open_store = None if isinstance(store, LmdbProfileStore) else store
+        self.store: LmdbProfileStore = store if isinstance(store, LmdbProfileStore) else None  # type: ignore[assignment]
+        self.retention_days = retention_days
+        self.idempotency_ttl_hours = idempotency_ttl_hours
+        self.batch_max_events = max(1, batch_max_events)
+        self.purge_interval_seconds = purge_interval_seconds
+        self.clock = clock
+        self._queue: asyncio.Queue[_Job] | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._purger: asyncio.Task[None] | None = None
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="profile-writer")
+        self.batches = 0          # write transactions of events (for tests and benchmarks)
+        self.batched_events = 0
+
+    # ----------------------------------------------------------------------------- lifecycle
+    async def start(self) -> None:
+        if self.store is None and self._open_store is not None:
+            self.store = await asyncio.to_thread(self._open_store)
+        self._queue = asyncio.Queue()
+        self._writer = asyncio.create_task(self._write_loop(), name="profile-writer")
+        if self.purge_interval_seconds > 0:
+            self._purger = asyncio.create_task(self._purge_loop(), name="profile-purge")
+
+    async def stop(self) -> None:
+        for task in (self._purger, self._writer):
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except (asyncio.CancelledError, Exception):  # shutting down
+                    pass
+        self._executor.shutdown(wait=True)
+        if self._queue is not None:
+            while not self._queue.empty():
+                job = self._queue.get_nowait()
+                if not job.future.done():
+                    job.future.set_exception(Unavailable("the profile service is shutting down"))
+        if self.store is not None:
+            self.store.close()
+
+    # -------------------------------------------------------------------------------- writer
+    async def _write_loop(self) -> None:
+        assert self._queue is not None
+        queue = self._queue
+        loop = asyncio.get_running_loop()
+        held: _Job | None = None
+        while True:
+            job = held if held is not None else await queue.get()
+            held = None
+            if job.call is not None:
+                await self._run_call(loop, job)
+                continue
+            jobs = [job]
+            count = len(job.events or ())
+            while count < self.batch_max_events and not queue.empty():
+                nxt = queue.get_nowait()
+                if nxt.call is not None:
+                    held = nxt
+                    break
+                jobs.append(nxt)
+                count += len(nxt.events or ())
+            await self._apply_jobs(loop, jobs)
+
+    async def _apply_jobs(self, loop: asyncio.AbstractEventLoop, jobs: list[_Job]) -> None:
+        """One transaction for all `jobs`; if it fails, each job alone, so that one caller's
+        failure (a full store, a bug) does not fail the others' events."""
+        events = [e for j in jobs for e in (j.events or ())]
+        try:
+            results = await loop.run_in_executor(self._executor, self._apply, events)
+        except Exception as exc:
+            if len(jobs) > 1:
+                for job in jobs:
+                    await self._apply_jobs(loop, [job])
+                return
+            if not jobs[0].future.done():
+                if isinstance(exc, VitrineError | lmdb.MapFullError):
+                    jobs[0].future.set_exception(_mapped(exc))
+                else:
+                    log.exception("applying %d events failed", len(events))
+                    jobs[0].future.set_exception(exc)
+            return
+        self.batches += 1
+        self.batched_events += len(events)
+        start = 0
+        for j in jobs:
+            n = len(j.events or ())
+            if not j.future.done():
+                j.future.set_result(results[start:start + n])
+            start += n
+
+    def _apply(self, events: list[common_pb2.Event]) -> list[TrackResult]:
+        return self.store.apply_events(events, self.clock())
+
+    async def _run_call(self, loop: asyncio.AbstractEventLoop, job: _Job) -> None:
+        try:
+            result = await loop.run_in_executor(self._executor, job.call)  # type: ignore[arg-type]
+        except Exception as exc:  # handed to the caller
+            if not job.future.done():
+                job.future.set_exception(_mapped(exc))
+            return
+        if not job.future.done():
+            job.future.set_result(result)
+
+    def _submit_events(self, events: Sequence[common_pb2.Event]) -> asyncio.Future[list[TrackResult]]:
+        if self._queue is None:
+            raise RuntimeError("ProfileEngine.start() was not called")
+        future: asyncio.Future[list[TrackResult]] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Job(events, None, future))
+        return future
+
+    async def _write(self, call: Callable[[], T]) -> T:
+        if self._queue is None:
+            raise RuntimeError("ProfileEngine.start() was not called")
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Job(None, call, future))
+        return await asyncio.shield(future)
+
+    # -------------------------------------------------------------------------------- events
+    def validate(self, event: common_pb2.Event) -> common_pb2.Event:
+        return validate_event(event, self.clock(), self.retention_days)
+
+    async def track(self, event: common_pb2.Event) -> TrackResult:
+        """Apply one event; returns once it is durable (or was a duplicate)."""
+        self.validate(event)
+        results = await asyncio.shield(self._submit_events([event]))
+        return results[0]
+
+    async def track_stream(self, events: AsyncIterable[common_pb2.Event]) -> StreamSummary:
+        """Validate and apply a stream of events in chunks; returns once every accepted event is
+        durable. Bad events are counted as rejected with their reason; the good ones still apply."""
+        summary = StreamSummary()
+        pending: list[asyncio.Future[list[TrackResult]]] = []
+        chunk: list[common_pb2.Event] = []
+
+        def collect(results: list[TrackResult]) -> None:
+            for r in results:
+                if r.applied:
+                    summary.accepted += 1
+                else:
+                    summary.duplicates += 1
+
+        index = -1
+        async for event in events:
+            index += 1
+            try:
+                self.validate(event)
+            except InvalidArgument as exc:
+                summary.rejected += 1
+                if len(summary.errors) < C.STREAM_MAX_ERRORS:
+                    summary.errors.append(f"event {index} ({event.event_id[:C.MAX_ID_LENGTH]}): {exc.message}")
+                continue
+            chunk.append(event)
+            if len(chunk) >= C.STREAM_CHUNK_EVENTS:
+                pending.append(self._submit_events(chunk))
+                chunk = []
+                if len(pending) >= C.STREAM_CHUNKS_IN_FLIGHT:
+                    collect(await asyncio.shield(pending.pop(0)))
+        if chunk:
+            pending.append(self._submit_events(chunk))
+        for future in pending:
+            collect(await asyncio.shield(future))
+        return summary
+
+    # --------------------------------------------------------------------------------- reads
+    def get_profile(self, user_id: str) -> common_pb2.Profile:
+        check_id(user_id, "user_id")
+        state = self.store.get(user_id)
+        if state is None:
+            raise NotFound(f"no profile for user_id {user_id!r}")
+        return self.view(state)
+
+    def view(self, state: profile_pb2.StoredProfile) -> common_pb2.Profile:
+        return fold.public_view(state, self.clock(), self.store.rfm.score)
+
+    def user_events(self, user_id: str) -> list[StoredEvent]:
+        return self.store.user_events(user_id)
+
+    def resolve_alias(self, user_id: str) -> str:
+        """For a sharded router: the target of an alias stored here ("" = none), remote or not."""
+        check_id(user_id, "user_id")
+        return self.store.alias_target(user_id)
+
+    async def own_events(self, user_id: str, limit: int) -> list[common_pb2.Event]:
+        """For a sharded router: the log stored under exactly `user_id`, oldest first."""
+        check_id(user_id, "user_id")
+        if limit < 0:
+            raise InvalidArgument(f"limit {limit} must be >= 0 (0 = all)")
+        rows = await asyncio.to_thread(self.store.own_events, user_id, limit)
+        return [row.event for row in rows]
+
+    async def export(self, user_id: str) -> dict[str, Any]:
+        check_id(user_id, "user_id")
+        return await asyncio.to_thread(self.store.export, user_id, self.clock())
+
+    async def scan_profiles(self, start_after: str, limit: int) -> AsyncIterable[common_pb2.Profile]:
+        if limit < 0:
+            raise InvalidArgument(f"limit {limit} must be >= 0 (0 = all)")
+        check_id(start_after, "start_after", required=False)
+        remaining = limit or None
+        after = start_after
+        while True:
+            size = C.SCAN_CHUNK if remaining is None else min(C.SCAN_CHUNK, remaining)
+            rows = await asyncio.to_thread(self.store.scan_profiles, after, size)
+            for state in rows:
+                yield self.view(state)
+            if remaining is not None:
+                remaining -= len(rows)
+                if remaining <= 0:
+                    return
+            if len(rows) < size:
+                return
+            after = rows[-1].profile.user_id
+
+    async def scan_events(self, since_ms: int, until_ms: int, types: Sequence[int],
+                          limit: int) -> AsyncIterable[common_pb2.Event]:
+        if since_ms < 0 or until_ms < 0 or limit < 0:
+            raise InvalidArgument("since_ms, until_ms and limit must be >= 0 (0 = no bound)")
+        if until_ms and until_ms <= since_ms:
+            raise InvalidArgument(f"until_ms {until_ms} must be after since_ms {since_ms}")
+        known = set(common_pb2.EventType.values()) - {0}
+        bad = [t for t in types if t not in known]
+        if bad:
+            raise InvalidArgument(f"types: {bad} are not known EventType values")
+        wanted = frozenset(types)
+        after = b""
+        sent = 0
+        while True:
+            size = C.SCAN_CHUNK if not limit else min(C.SCAN_CHUNK, limit - sent)
+            rows, after_key = await asyncio.to_thread(self.store.scan_events, after, since_ms, until_ms, wanted, size)
+            for row in rows:
+                yield row.event
+            sent += len(rows)
+            if after_key is None or (limit and sent >= limit):
+                return
+            after = after_key
+
+    # ------------------------------------------------------------------------ other writes
+    async def identify(self, anonymous_id: str, customer_id: str, traits: dict[str, str]) -> common_pb2.Profile:
+        check_id(anonymous_id, "anonymous_id")
+        check_id(customer_id, "customer_id")
+        validate_traits(traits)
+        state = await self._write(lambda: self.store.identify(anonymous_id, customer_id, traits, self.clock()))
+        return self.view(state)
+
+    async def set_consent(self, user_id: str, consent: common_pb2.Consent) -> common_pb2.Profile:
+        check_id(user_id, "user_id")
+        if consent.updated_ms < 0 or consent.updated_ms > self.clock() + C.FUTURE_SKEW_MS:
+            raise InvalidArgument(f"consent.updated_ms {consent.updated_ms} must be epoch ms, not in the future "
+                                  "(0 = now)")
+        state = await self._write(lambda: self.store.set_consent(user_id, consent, self.clock()))
+        return self.view(state)
+
+    async def delete(self, user_id: str) -> DeleteResult:
+        check_id(user_id, "user_id")
+        return await self._write(lambda: self.store.delete(user_id))
+
+    async def import_profile(self, profile: common_pb2.Profile,
+                             events: Sequence[common_pb2.Event]) -> common_pb2.Profile:
+        check_id(profile.user_id, "profile.user_id")
+        validate_traits(profile.traits, "profile.traits")
+        now = self.clock()
+        cutoff = now - self.retention_days * DAY_MS
+        kept = []
+        for i, event in enumerate(events):
+            if not event.user_id:
+                event.user_id = profile.user_id
+            if not event.event_id:
+                raise InvalidArgument(f"events[{i}].event_id is required for ImportProfile")
+            try:
+                validate_event(event, now, 10**6)
+            except InvalidArgument as exc:
+                raise InvalidArgument(f"events[{i}]: {exc.message}") from exc
+            if event.timestamp_ms >= cutoff:
+                kept.append(event)
+        state = await self._write(lambda: self.store.import_profile(profile, kept, self.clock()))
+        return self.view(state)
+
+    async def put_alias(self, alias_id: str, target_id: str) -> bool:
+        check_id(alias_id, "alias_id")
+        check_id(target_id, "target_id")
+        if alias_id == target_id:
+            raise InvalidArgument("alias_id and target_id must differ")
+        return await self._write(lambda: self.store.put_alias(alias_id, target_id))
+
+    # ----------------------------------------------------------------------------- retention
+    async def purge_once(self) -> tuple[int, int]:
+        """Delete events older than the retention window and forget expired event_ids, in
+        chunks so Track is never held up for long. Returns (events, idempotency keys) removed."""
+        now = self.clock()
+        cutoff_ms = now - self.retention_days * DAY_MS
+        cutoff_s = (now - self.idempotency_ttl_hours * 3_600_000) // 1000
+        events = keys = 0
+        start: bytes | None = b""
+        while start is not None:
+            begin = start
+            n, start = await self._write(lambda b=begin: self.store.purge_events(cutoff_ms, b, C.PURGE_CHUNK_KEYS))
+            events += n
+        start = b""
+        while start is not None:
+            begin = start
+            n, start = await self._write(
+                lambda b=begin: self.store.expire_idempotency(cutoff_s, b, C.PURGE_CHUNK_KEYS)
+            )
+            keys += n
+        if events or keys:
+            log.info("retention purge removed %d events and %d idempotency keys", events, keys,
+                     extra={"fields": {"events": events, "idempotency_keys": keys}})
+        return events, keys
+
+    async def _purge_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.purge_interval_seconds)
+            try:
+                await self.purge_once()
+            except Exception:  # keep purging next time
+                log.exception("retention purge failed")
+
+
+def _mapped(exc: BaseException) -> BaseException:
+    if isinstance(exc, lmdb.MapFullError):
+        return ResourceExhausted("the profile store is full; raise --map-size-mb")
+    return exc
+
+
+__all__ = ["ProfileEngine", "StreamSummary", "now_ms"]
