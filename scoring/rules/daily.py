@@ -1,0 +1,143 @@
+"""Windowed sums of per-day event counters, read straight from protobuf wire bytes.
+
+A profile keeps one (day, type, count) counter per active day and event type as a repeated
+sub-message. Reading them through the Python protobuf API costs ~0.7 us per counter;
+this kernel walks the serialized message once and answers every (type, first_day) window
+a rule set needs in a few microseconds. It knows only the wire format (field numbers are
+parameters), not any generated class.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+_BYTES = numba.types.Array(numba.uint8, 1, "C", readonly=True)  # np.frombuffer over bytes is read-only
+_I64 = numba.int64
+
+
+@numba.njit(numba.types.UniTuple(_I64, 2)(_BYTES, _I64), cache=True, nogil=True)
+def _varint(buf: np.ndarray, pos: int) -> tuple[int, int]:  # pragma: no cover - compiled
+    result = np.uint64(0)
+    shift = np.uint64(0)
+    n = buf.shape[0]
+    while pos < n:
+        b = np.uint64(buf[pos])
+        pos += 1
+        result |= (b & np.uint64(0x7F)) << shift
+        if b < np.uint64(0x80):
+            return np.int64(result), pos
+        shift += np.uint64(7)
+        if shift >= np.uint64(64):
+            return -1, -1
+    return -1, -1
+
+
+@numba.njit(numba.boolean(_BYTES, _I64, _I64, _I64[::1], _I64[::1], _I64[::1], _I64, numba.float64[::1]),
+           cache=True, nogil=True)
+def _sum_message(buf, start, stop, layout, types, first_days, today, out):  # pragma: no cover - compiled
+    """Add one message's counters (bytes buf[start:stop]) into out[q]; False when malformed."""
+    field, day_field, type_field, count_field = layout[0], layout[1], layout[2], layout[3]
+    pos = start
+    while pos < stop:
+        key, pos = _varint(buf, pos)
+        if pos < 0 or pos > stop:
+            return False
+        wire = key & 7
+        if wire == 0:
+            _, pos = _varint(buf, pos)
+            if pos < 0:
+                return False
+        elif wire == 1:
+            pos += 8
+        elif wire == 5:
+            pos += 4
+        elif wire == 2:
+            length, pos = _varint(buf, pos)
+            if pos < 0 or length < 0 or pos + length > stop:
+                return False
+            end = pos + length
+            if key >> 3 == field:
+                day = np.int64(0)
+                kind = np.int64(0)
+                count = np.int64(0)
+                while pos < end:
+                    inner, pos = _varint(buf, pos)
+                    if pos < 0 or pos >= end or inner & 7 != 0:
+                        return False  # counters hold varints only
+                    value, pos = _varint(buf, pos)
+                    if pos < 0 or pos > end:
+                        return False
+                    value32 = np.int64(np.int32(value & 0xFFFFFFFF))
+                    f = inner >> 3
+                    if f == day_field:
+                        day = value32
+                    elif f == type_field:
+                        kind = value32
+                    elif f == count_field:
+                        count = value32
+                for q in range(types.shape[0]):
+                    if kind == types[q] and first_days[q] <= day <= today:
+                        out[q] += count
+            pos = end
+        else:
+            return False
+    return pos == stop
+
+
+@numba.njit(numba.float64[::1](_BYTES, _I64[::1], _I64[:, ::1], _I64), cache=True, nogil=True)
+def _window_sums(buf, layout, queries, today):  # pragma: no cover - compiled
+    first_days = today - queries[1] + 1
+    out = np.zeros(queries.shape[1], dtype=np.float64)
+    if not _sum_message(buf, 0, buf.shape[0], layout, queries[0], first_days, today, out):
+        out[:] = np.nan
+    return out
+
+
+@numba.njit(numba.float64[:, ::1](_BYTES, _I64[::1], _I64[::1], _I64[:, ::1], _I64), cache=True, nogil=True)
+def _window_sums_batch(buf, offsets, layout, queries, today):  # pragma: no cover - compiled
+    first_days = today - queries[1] + 1
+    rows = offsets.shape[0] - 1
+    out = np.zeros((rows, queries.shape[1]), dtype=np.float64)
+    for i in range(rows):
+        if not _sum_message(buf, offsets[i], offsets[i + 1], layout, queries[0], first_days, today, out[i]):
+            out[i, :] = np.nan
+    return out
+
+
+class WindowPlan:
+    """The windows one rule set needs, prepared once: `plan.sums(message_bytes, today)`."""
+
+    def __init__(self, *, field: int, day_field: int, type_field: int, count_field: int,
+                 types: np.ndarray, days: np.ndarray) -> None:
+        self.layout = np.array([field, day_field, type_field, count_field], dtype=np.int64)
+        self.queries = np.ascontiguousarray(np.stack([np.asarray(types, dtype=np.int64),
+                                                      np.asarray(days, dtype=np.int64)]))
+        if self.queries.shape[0] != 2 or (self.queries[1] < 1).any():
+            raise ValueError("types and days must be 1-d arrays of one length, days >= 1")
+
+    def __len__(self) -> int:
+        return int(self.queries.shape[1])
+
+    def sums(self, message: bytes, today: int) -> np.ndarray | None:
+        """For each query q: the sum of `count` over the counters with type == types[q] and
+        today - days[q] + 1 <= day <= today. None when the bytes are malformed."""
+        out = _window_sums(np.frombuffer(message, dtype=np.uint8), self.layout, self.queries, today)
+        if out.shape[0] and np.isnan(out[0]):
+            return None
+        return out
+
+    def sums_many(self, messages: list[bytes], today: int) -> np.ndarray:
+        """sums() for many messages at once: shape (len(messages), queries); NaN rows for malformed ones."""
+        lengths = np.fromiter((len(m) for m in messages), dtype=np.int64, count=len(messages))
+        offsets = np.zeros(len(messages) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        buf = np.frombuffer(b"".join(messages), dtype=np.uint8)
+        return _window_sums_batch(buf, offsets, self.layout, self.queries, today)
+
+
+def window_sums_reference(counters: list[tuple[int, int, int]], types: np.ndarray, days: np.ndarray,
+                          today: int) -> np.ndarray:
+    """The slow, obvious version over (day, type, count) tuples."""
+    return np.array([float(sum(c for d, t, c in counters if t == kind and today - n + 1 <= d <= today))
+                     for kind, n in zip(types.tolist(), days.tolist(), strict=True)], dtype=np.float64)

@@ -1,0 +1,1 @@
+"""Segmentation service: built-in and store-defined segments, offers, Evaluate and EstimateSize."""

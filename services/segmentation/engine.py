@@ -1,0 +1,368 @@
+"""The segmentation domain: definitions (validated, persisted, compiled) and their evaluation.
+
+Everything Evaluate needs is held in one immutable `_State` that mutations replace as a
+whole (copy on write), so a request always sees one consistent set of rules and offers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import AsyncIterable, Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from scoring.rules import CompiledRule, RuleError, compile_rule
+from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from services.segmentation import builtins
+from services.segmentation import config as cfg
+from services.segmentation.fields import SCHEMA, ColumnExtractor, Resolver
+from services.segmentation.store import DefinitionStore
+from vitrine.v1 import common_pb2, segment_pb2
+
+log = logging.getLogger(__name__)
+
+_EMPTY_PROFILE = common_pb2.Profile()
+_EMPTY_CONTEXT = common_pb2.Context()
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclasses.dataclass(frozen=True)
+class _Rule:
+    segment_id: str
+    priority: int
+    compiled: CompiledRule
+
+
+@dataclasses.dataclass(frozen=True)
+class _Offer:
+    offer: segment_pb2.Offer
+    targets: frozenset[str]
+    starts_ms: int
+    ends_ms: int
+
+    def active(self, now: int) -> bool:
+        return (self.starts_ms == 0 or self.starts_ms <= now) and (self.ends_ms == 0 or now < self.ends_ms)
+
+
+@dataclasses.dataclass(frozen=True)
+class _State:
+    segments: dict[str, segment_pb2.Segment]      # store-defined, as stored
+    compiled: dict[str, CompiledRule]             # store-defined that compile
+    offers: dict[str, segment_pb2.Offer]
+    rules: tuple[tuple[Callable[[Any], bool], int, str], ...]  # (matches, -priority, id), best first
+    ranked_offers: tuple[_Offer, ...]             # best first
+    resolver: Resolver
+
+
+def rule_error(exc: RuleError, what: str = "rule") -> InvalidArgument:
+    return InvalidArgument(f"{what}: line {exc.line}, column {exc.column}: {exc.reason}")
+
+
+def _check_text(value: str, limit: int, what: str) -> None:
+    if len(value) > limit:
+        raise InvalidArgument(f"{what} is {len(value)} characters; the limit is {limit}")
+
+
+def _check_id(value: str, what: str) -> None:
+    if not cfg.ID_PATTERN.fullmatch(value):
+        raise InvalidArgument(f"{what} {value!r} is invalid: use 1-64 characters a-z 0-9 _ . - "
+                              "starting with a letter or digit")
+
+
+def _check_priority(priority: int) -> None:
+    if not cfg.PRIORITY_MIN <= priority <= cfg.PRIORITY_MAX:
+        raise InvalidArgument(f"priority {priority} is out of range {cfg.PRIORITY_MIN}..{cfg.PRIORITY_MAX}")
+
+
+class SegmentEngine:
+    """Segments and offers: CRUD with validation and persistence, Evaluate, EstimateSize."""
+
+    def __init__(self, store: DefinitionStore | None = None, *,
+                 cart_abandon_minutes: int = cfg.CART_ABANDON_MINUTES,
+                 at_risk_quiet_days: int = cfg.AT_RISK_QUIET_DAYS,
+                 clock: Callable[[], int] = now_ms) -> None:
+        self._store = store
+        self._clock = clock
+        self._lock = asyncio.Lock()
+        self.builtin_rules = builtins.rule_segments(cart_abandon_minutes, at_risk_quiet_days)
+        self._builtin_compiled = {b.segment_id: compile_rule(b.rule, SCHEMA) for b in self.builtin_rules}
+        self._state = self._build({}, {})
+
+    # -- state ------------------------------------------------------------
+    async def open(self) -> None:
+        """Load and compile the stored definitions (a no-op without a store)."""
+        if self._store is None:
+            return
+        segments, offers = await asyncio.to_thread(self._store.load)
+        self._state = self._build({s.segment_id: s for s in segments}, {o.offer_id: o for o in offers})
+        broken = len(segments) - len(self._state.compiled)
+        log.info("loaded %d segments (%d failing to compile) and %d offers", len(segments), broken, len(offers))
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+
+    def _build(self, segments: dict[str, segment_pb2.Segment], offers: dict[str, segment_pb2.Offer],
+               compiled: dict[str, CompiledRule] | None = None) -> _State:
+        compiled = dict(compiled or {})
+        for segment_id, segment in segments.items():
+            if segment_id in compiled:
+                continue
+            try:
+                compiled[segment_id] = compile_rule(segment.rule, SCHEMA)
+            except RuleError as exc:  # stored under an older schema: keep it, skip it
+                log.error("stored segment %s does not compile (%s); it matches nobody until fixed",
+                          segment_id, exc)
+        rules = [(-b.priority, b.segment_id, self._builtin_compiled[b.segment_id]) for b in self.builtin_rules]
+        rules += [(-segments[i].priority, i, c) for i, c in compiled.items()]
+        rules.sort(key=lambda r: (r[0], r[1]))
+        resolver = Resolver()
+        for _, _, rule in rules:
+            resolver.add(rule.accesses)
+        ranked = sorted(offers.values(), key=lambda o: (-o.priority, o.offer_id))
+        return _State(
+            segments=segments,
+            compiled=compiled,
+            offers=offers,
+            rules=tuple((c.matches, p, i) for p, i, c in rules),
+            ranked_offers=tuple(_Offer(o, frozenset(o.segment_ids), o.starts_ms, o.ends_ms) for o in ranked),
+            resolver=resolver,
+        )
+
+    # -- rules ------------------------------------------------------------
+    def compile(self, rule: str) -> CompiledRule:
+        """Parse and type-check an ad-hoc rule; InvalidArgument with line and column when wrong."""
+        try:
+            return self.compile_checked(rule)
+        except RuleError as exc:
+            raise rule_error(exc) from None
+
+    def compile_checked(self, rule: str) -> CompiledRule:
+        """Like compile(), but raises RuleError (ValidateRule answers with its parts)."""
+        return compile_rule(rule, SCHEMA)
+
+    # -- segments ---------------------------------------------------------
+    def _builtin_message(self, segment_id: str) -> segment_pb2.Segment | None:
+        for b in self.builtin_rules:
+            if b.segment_id == segment_id:
+                return segment_pb2.Segment(segment_id=b.segment_id, name=b.name, description=b.description,
+                                           rule=b.rule, priority=b.priority, builtin=True)
+        split = builtins.split_family(segment_id)
+        if split is None:
+            return None
+        family, value = split
+        rule = family.estimate_rule(value) if value else ""
+        return segment_pb2.Segment(segment_id=segment_id, name=f"{family.prefix}:{value or '*'}",
+                                   description=family.description, rule=rule, priority=family.priority,
+                                   builtin=True)
+
+    def _builtin_list(self) -> list[segment_pb2.Segment]:
+        out = [self._builtin_message(b.segment_id) for b in self.builtin_rules]
+        out += [self._builtin_message(f"{f.prefix}:*") for f in builtins.CONTEXT_FAMILIES]
+        return [s for s in out if s is not None]
+
+    def get_segment(self, segment_id: str) -> segment_pb2.Segment:
+        builtin = self._builtin_message(segment_id) if builtins.is_reserved(segment_id) else None
+        if builtin is not None:
+            return builtin
+        segment = self._state.segments.get(segment_id)
+        if segment is None:
+            raise NotFound(f"no segment {segment_id!r}; ListSegments shows the ones that exist")
+        return segment
+
+    def list_segments(self, include_builtin: bool) -> list[segment_pb2.Segment]:
+        segments = list(self._state.segments.values())
+        if include_builtin:
+            segments += self._builtin_list()
+        return sorted(segments, key=lambda s: (-s.priority, s.segment_id))
+
+    def _validate_segment(self, segment: segment_pb2.Segment) -> CompiledRule:
+        if builtins.is_reserved(segment.segment_id):
+            raise FailedPrecondition(f"{segment.segment_id!r} is a built-in segment id; built-ins cannot be "
+                                     "overwritten (choose another id)")
+        _check_id(segment.segment_id, "segment_id")
+        _check_text(segment.name, cfg.MAX_NAME_CHARS, "name")
+        _check_text(segment.description, cfg.MAX_DESCRIPTION_CHARS, "description")
+        _check_priority(segment.priority)
+        return self.compile(segment.rule)
+
+    async def put_segment(self, segment: segment_pb2.Segment) -> segment_pb2.Segment:
+        compiled = self._validate_segment(segment)
+        async with self._lock:
+            state = self._state
+            if segment.segment_id not in state.segments and len(state.segments) >= cfg.MAX_SEGMENTS:
+                raise ResourceExhausted(f"{cfg.MAX_SEGMENTS} segments already exist; delete one first")
+            stored = segment_pb2.Segment()
+            stored.CopyFrom(segment)
+            stored.builtin = False
+            stored.name = stored.name or stored.segment_id
+            stored.updated_ms = self._clock()
+            if self._store is not None:
+                await asyncio.to_thread(self._store.put_segment, stored)
+            segments = {**state.segments, stored.segment_id: stored}
+            kept = {k: v for k, v in state.compiled.items() if k != stored.segment_id}
+            kept[stored.segment_id] = compiled
+            self._state = self._build(segments, state.offers, kept)
+        return stored
+
+    async def delete_segment(self, segment_id: str) -> bool:
+        if builtins.is_reserved(segment_id):
+            raise FailedPrecondition(f"{segment_id!r} is a built-in segment; built-ins cannot be deleted")
+        async with self._lock:
+            state = self._state
+            if segment_id not in state.segments:
+                return False
+            users = sorted(o.offer_id for o in state.offers.values() if segment_id in o.segment_ids)
+            if users:
+                raise FailedPrecondition(f"segment {segment_id!r} is targeted by offers {', '.join(users[:10])}; "
+                                         "delete or retarget them first")
+            if self._store is not None:
+                await asyncio.to_thread(self._store.delete_segment, segment_id)
+            segments = {k: v for k, v in state.segments.items() if k != segment_id}
+            kept = {k: v for k, v in state.compiled.items() if k != segment_id}
+            self._state = self._build(segments, state.offers, kept)
+        return True
+
+    # -- offers -----------------------------------------------------------
+    def _validate_offer(self, offer: segment_pb2.Offer, state: _State) -> None:
+        _check_id(offer.offer_id, "offer_id")
+        _check_text(offer.title, cfg.MAX_NAME_CHARS, "title")
+        _check_text(offer.body, cfg.MAX_DESCRIPTION_CHARS, "body")
+        _check_text(offer.slot, cfg.MAX_SLOT_CHARS, "slot")
+        _check_text(offer.coupon_code, cfg.MAX_COUPON_CHARS, "coupon_code")
+        _check_priority(offer.priority)
+        if offer.starts_ms < 0 or offer.ends_ms < 0:
+            raise InvalidArgument("starts_ms and ends_ms must be epoch milliseconds (0 = unbounded)")
+        if offer.starts_ms and offer.ends_ms and offer.starts_ms >= offer.ends_ms:
+            raise InvalidArgument(f"starts_ms {offer.starts_ms} must be before ends_ms {offer.ends_ms}")
+        if not offer.segment_ids:
+            raise InvalidArgument("segment_ids is empty; an offer targets at least one segment")
+        if len(offer.segment_ids) > cfg.MAX_OFFER_SEGMENTS:
+            raise InvalidArgument(f"an offer targets at most {cfg.MAX_OFFER_SEGMENTS} segments")
+        for segment_id in offer.segment_ids:
+            if segment_id in builtins.RULE_BUILTIN_IDS or segment_id in state.segments:
+                continue
+            split = builtins.split_family(segment_id)
+            if split is not None and builtins.valid_context_value(split[1]):
+                continue
+            raise InvalidArgument(f"segment_ids: no segment {segment_id!r}; create it first or use a built-in")
+        if len(offer.payload) > cfg.MAX_PAYLOAD_ENTRIES:
+            raise InvalidArgument(f"payload has {len(offer.payload)} entries; the limit is "
+                                  f"{cfg.MAX_PAYLOAD_ENTRIES}")
+        for key, value in offer.payload.items():
+            _check_text(key, cfg.MAX_PAYLOAD_KEY_CHARS, "payload key")
+            _check_text(value, cfg.MAX_PAYLOAD_VALUE_CHARS, f"payload[{key!r}]")
+
+    async def put_offer(self, offer: segment_pb2.Offer) -> segment_pb2.Offer:
+        async with self._lock:
+            state = self._state
+            self._validate_offer(offer, state)
+            if offer.offer_id not in state.offers and len(state.offers) >= cfg.MAX_OFFERS:
+                raise ResourceExhausted(f"{cfg.MAX_OFFERS} offers already exist; delete one first")
+            stored = segment_pb2.Offer()
+            stored.CopyFrom(offer)
+            if self._store is not None:
+                await asyncio.to_thread(self._store.put_offer, stored)
+            offers = {**state.offers, stored.offer_id: stored}
+            self._state = self._build(state.segments, offers, state.compiled)
+        return stored
+
+    async def delete_offer(self, offer_id: str) -> bool:
+        async with self._lock:
+            state = self._state
+            if offer_id not in state.offers:
+                return False
+            if self._store is not None:
+                await asyncio.to_thread(self._store.delete_offer, offer_id)
+            offers = {k: v for k, v in state.offers.items() if k != offer_id}
+            self._state = self._build(state.segments, offers, state.compiled)
+        return True
+
+    def list_offers(self, active_only: bool = False, segment_id: str = "") -> list[segment_pb2.Offer]:
+        now = self._clock()
+        return [o.offer for o in self._state.ranked_offers
+                if (not active_only or o.active(now)) and (not segment_id or segment_id in o.targets)]
+
+    # -- evaluation -------------------------------------------------------
+    def evaluate(self, profile: common_pb2.Profile | None, context: common_pb2.Context | None,
+                 now: int = 0) -> tuple[list[str], list[segment_pb2.Offer]]:
+        """Matching segment ids (priority desc, then id) and active targeted offers (priority desc)."""
+        state = self._state
+        profile = profile if profile is not None else _EMPTY_PROFILE
+        context = context if context is not None else _EMPTY_CONTEXT
+        now = now or self._clock()
+        record = state.resolver.record(profile, context, now)
+        ranked = [(p, i) for matches, p, i in state.rules if matches(record)]
+        family = builtins.context_segments(profile, context)
+        if family:
+            ranked += [(-p, i) for p, i in family]
+            ranked.sort()
+        ids = [i for _, i in ranked]
+        matched = frozenset(ids)
+        offers = [o.offer for o in state.ranked_offers  # active(now), inlined: this is the hot path
+                  if o.starts_ms <= now and (not o.ends_ms or now < o.ends_ms) and not o.targets.isdisjoint(matched)]
+        return ids, offers
+
+    def rule_for_estimate(self, segment_id: str = "", rule: str = "") -> CompiledRule:
+        if rule:
+            return self.compile(rule)
+        if not segment_id:
+            raise InvalidArgument("give a segment_id or a rule to estimate")
+        if segment_id in self._builtin_compiled:
+            return self._builtin_compiled[segment_id]
+        split = builtins.split_family(segment_id)
+        if split is not None:
+            if not builtins.valid_context_value(split[1]):
+                raise InvalidArgument(f"{segment_id!r}: give a value after the colon, e.g. geo:FR")
+            return compile_rule(split[0].estimate_rule(split[1]), SCHEMA)
+        state = self._state
+        if segment_id not in state.segments:
+            raise NotFound(f"no segment {segment_id!r}")
+        compiled = state.compiled.get(segment_id)
+        if compiled is None:
+            raise FailedPrecondition(f"segment {segment_id!r} does not compile under the current schema; "
+                                     "fix its rule with PutSegment")
+        return compiled
+
+    async def estimate_size(self, compiled: CompiledRule,
+                            sources: Sequence[AsyncIterable[common_pb2.Profile | bytes]],
+                            now: int = 0) -> tuple[int, int]:
+        """(matching, total) over every profile of every source, evaluated column-wise."""
+        now = now or self._clock()
+        counts = await asyncio.gather(*(count_matching(compiled, s, now) for s in sources))
+        return sum(m for m, _ in counts), sum(t for _, t in counts)
+
+
+async def count_matching(compiled: CompiledRule, source: AsyncIterable[common_pb2.Profile | bytes], now: int,
+                         chunk_rows: int = cfg.ESTIMATE_CHUNK_ROWS) -> tuple[int, int]:
+    """Collect streamed profiles (messages or serialized bytes) into chunks; turn each chunk into
+    the columns the rule needs (one pass per access, events windows by the compiled kernel) and
+    evaluate it at once."""
+    extractor = ColumnExtractor(compiled.accesses)
+    chunk: list[common_pb2.Profile | bytes] = []
+    matching = total = 0
+
+    def flush() -> None:
+        nonlocal matching, total
+        batch = extractor.batch(chunk, now)
+        matching += int(np.count_nonzero(compiled.evaluate_columns(batch, now)))
+        total += len(chunk)
+        chunk.clear()
+
+    async for profile in source:
+        chunk.append(profile)
+        if len(chunk) >= chunk_rows:
+            flush()
+            await asyncio.sleep(0)  # let Evaluate calls in between chunks
+        elif len(chunk) % cfg.ESTIMATE_YIELD_EVERY == 0:
+            await asyncio.sleep(0)
+    if chunk:
+        flush()
+    return matching, total

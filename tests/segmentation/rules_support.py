@@ -1,0 +1,58 @@
+"""A small neutral schema and helpers shared by the rule-language tests."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from scoring.rules import ColumnBuilder, CompiledRule, FieldType, Schema, compile_rule
+from scoring.rules.plain import PlainRecord, getters_for
+from scoring.rules.reference import interpret
+
+SCHEMA = Schema(
+    fields={
+        "visit_count": FieldType.NUMBER,
+        "total_spend": FieldType.NUMBER,
+        "registered": FieldType.BOOL,
+        "customer_id": FieldType.STRING,
+        "last_seen_ms": FieldType.TIMESTAMP,
+        "last_purchase_ms": FieldType.TIMESTAMP,
+        "recently_viewed": FieldType.STRING_LIST,
+        "category_affinity": FieldType.NUMBER_MAP,
+        "traits": FieldType.STRING_MAP,
+        "rfm.r_score": FieldType.NUMBER,
+        "rfm.m_score": FieldType.NUMBER,
+        "context.device_type": FieldType.STRING,
+        "context.utm.campaign": FieldType.STRING,
+        "consent.marketing": FieldType.BOOL,
+    },
+    event_types=frozenset({"PURCHASE", "PAGE_VIEW", "ADD_TO_CART"}),
+    max_event_days=365,
+)
+NOW = 1_763_900_000_000  # 2025-11-23T12:13:20Z
+DAY = 86_400_000
+TODAY = NOW // DAY
+
+
+def compile_(rule: str) -> CompiledRule:
+    return compile_rule(rule, SCHEMA)
+
+
+def matches(rule: str | CompiledRule, data: Mapping[str, Any], now: int = NOW) -> bool:
+    compiled = compile_(rule) if isinstance(rule, str) else rule
+    return compiled.matches(PlainRecord(data, now, getters_for(compiled.accesses)))
+
+
+def reference(rule: CompiledRule, data: Mapping[str, Any], now: int = NOW) -> bool:
+    return bool(interpret(rule.tree, data, SCHEMA, now))
+
+
+def vectorized(rule: CompiledRule, rows: Sequence[Mapping[str, Any]], now: int = NOW) -> np.ndarray:
+    getters = getters_for(rule.accesses)
+    builder = ColumnBuilder(rule.accesses)
+    for data in rows:
+        record = PlainRecord(data, now, getters)
+        builder.append([record[a.key] for a in rule.accesses])
+    return rule.evaluate_columns(builder.finish(), now)
