@@ -1,0 +1,1 @@
+"""Pure, fast scoring functions over NumPy arrays (no grpc, no services)."""

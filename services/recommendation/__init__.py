@@ -1,0 +1,1 @@
+"""Recommendation service: catalog, item vectors, FAISS retrieval, Numba re-ranking."""

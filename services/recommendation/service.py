@@ -1,0 +1,368 @@
+"""The recommendation service object: lifecycle (store, model, warm-up, snapshots) and the
+domain operations the servicer calls (upsert, inventory, observe, train, recommend)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+from scoring import rerank as rr
+from scoring.index import IndexParams
+from services.common.channel import channel_for
+from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from services.recommendation.catalog import (
+    CREATED_PRODUCT_STOCK,
+    Catalog,
+    StockChange,
+    product_error,
+    product_id_error,
+    stock_change_error,
+)
+from services.recommendation.config import (
+    MAX_DIMENSIONS,
+    MAX_SUMMARY_ERRORS,
+    MAX_TRAIN_SESSIONS,
+    MIN_DIMENSIONS,
+    MODELS_KEPT,
+    SCAN_TIMEOUT_SECONDS,
+    SERVICE,
+    STREAM_BATCH,
+    RecommendationConfig,
+)
+from services.recommendation.engine import TRENDING_REFRESH_MS, Query, Recommender, Result
+from services.recommendation.model import Model, ModelStore, assemble, new_version
+from services.recommendation.signals import SNAPSHOT_FILE, WEIGHTS, ObserveResult, Signals
+from services.recommendation.training import SESSION_EVENT_TYPES, Trained, sessions_from_events, train_model
+from vitrine.v1 import common_pb2, profile_pb2, profile_pb2_grpc, recommend_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Summary:
+    upserted: int = 0
+    rejected: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def reject(self, where: str, why: str) -> None:
+        self.rejected += 1
+        if len(self.errors) < MAX_SUMMARY_ERRORS:
+            self.errors.append(f"{where}: {why}")
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    sessions: Sequence[Sequence[str]] = ()
+    dimensions: int = 0
+    from_event_log: bool = False
+    since_ms: int = 0
+    create_missing_products: bool = False
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    model_version: str
+    items: int
+    interactions: int
+    index_type: str
+    train_seconds: float
+    index_seconds: float
+    products_created: int
+    recall_at_10: float
+
+
+async def _batches(stream: AsyncIterable[Any], size: int) -> AsyncIterator[list[Any]]:
+    batch: list[Any] = []
+    async for item in stream:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+class RecommendationService:
+    name = SERVICE
+    service_names: Sequence[str] = ("vitrine.v1.RecommendService",)
+
+    def __init__(self, config: RecommendationConfig) -> None:
+        self.config = config
+        self.directory = Path(config.data_dir) / SERVICE
+        self.catalog = Catalog(self.directory)
+        self.signals = Signals(config.trending_half_life_hours * 3_600_000)
+        self.models = ModelStore(self.directory / "models")
+        self.recommender = Recommender(self.catalog, self.signals, candidate_multiplier=config.candidate_multiplier,
+                                       budget_tolerance=config.budget_tolerance)
+        self.index_params = IndexParams(flat_max_items=config.flat_index_max_items, hnsw_m=config.hnsw_m,
+                                        ef_construction=config.hnsw_ef_construction,
+                                        ef_search=config.hnsw_ef_search, target_recall=config.target_recall)
+        self._write_lock = asyncio.Lock()
+        self._train_lock = asyncio.Lock()
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._snapshot_task: asyncio.Task[None] | None = None
+        self._trending_task: asyncio.Task[None] | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def add_to_server(self, server: grpc.aio.Server) -> None:
+        from services.recommendation.servicer import RecommendServicer
+
+        recommend_pb2_grpc.add_RecommendServiceServicer_to_server(RecommendServicer(self), server)
+
+    async def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        (self.directory / "models").mkdir(exist_ok=True)
+        await asyncio.to_thread(self.catalog.open)
+        await asyncio.to_thread(self.signals.load, self.directory / SNAPSHOT_FILE, self.catalog.row_of)
+        self.signals.rebuild_categories(self.catalog.category)
+        version = self.models.current_version()
+        if version:
+            self.recommender.model = await asyncio.to_thread(
+                self.models.load, version, self.catalog.row_of, len(self.catalog))
+        warm_up()
+        if self.config.snapshot_seconds > 0:
+            self._snapshot_task = asyncio.create_task(self._snapshot_loop())
+        self._trending_task = asyncio.create_task(self._trending_loop())
+        log.info("recommendation ready: %d products, model %s", len(self.catalog), version or "none",
+                 extra={"fields": {"products": len(self.catalog), "model_version": version or ""}})
+
+    async def stop(self) -> None:
+        for task in (self._snapshot_task, self._trending_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self.catalog.env is not None:
+            await self.save_signals()
+        for channel in self._channels.values():
+            await channel.close()
+        self._channels.clear()
+        self.catalog.close()
+
+    async def save_signals(self) -> None:
+        snap = self.signals.snapshot(list(self.catalog.ids))
+        await asyncio.to_thread(Signals.write, self.directory / SNAPSHOT_FILE, snap)
+
+    async def _snapshot_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.snapshot_seconds)
+            try:
+                await self.save_signals()
+            except Exception:
+                log.exception("saving the signals snapshot failed")
+
+    async def _trending_loop(self) -> None:
+        """Keep the trending pool fresh off the request path (ranking 1M counts takes ~10 ms)."""
+        while True:
+            await asyncio.sleep(TRENDING_REFRESH_MS / 1000)
+            if self.recommender.trending_is_stale():
+                try:
+                    cache = await asyncio.to_thread(self.recommender.compute_trending)
+                    self.recommender.set_trending(cache)
+                except Exception:
+                    log.exception("refreshing the trending pool failed")
+
+    # -- catalog -----------------------------------------------------------------------------
+    async def upsert(self, products: AsyncIterable[common_pb2.Product]) -> Summary:
+        summary = Summary()
+        seen = 0
+        async for batch in _batches(products, STREAM_BATCH):
+            good = []
+            for product in batch:
+                problem = product_error(product)
+                if problem:
+                    summary.reject(f"product {seen} ({product.product_id[:64]!r})", problem)
+                else:
+                    good.append(product)
+                seen += 1
+            if good:
+                async with self._write_lock:
+                    await asyncio.to_thread(self.catalog.write, good)
+                    self.catalog.apply(good)
+                summary.upserted += len(good)
+        return summary
+
+    async def update_inventory(self, changes: AsyncIterable[StockChange]) -> Summary:
+        summary = Summary()
+        seen = 0
+        async for batch in _batches(changes, STREAM_BATCH):
+            good = []
+            for change in batch:
+                problem = stock_change_error(change)
+                if problem is None and change.product_id not in self.catalog.row_of:
+                    problem = "unknown product; upsert it first"
+                if problem:
+                    summary.reject(f"update {seen} ({change.product_id[:64]!r})", problem)
+                else:
+                    good.append(change)
+                seen += 1
+            if good:
+                async with self._write_lock:
+                    await asyncio.to_thread(self.catalog.write_stock, good)
+                    self.catalog.apply_stock(good)
+                summary.upserted += len(good)
+        return summary
+
+    def get_product(self, product_id: str) -> common_pb2.Product:
+        problem = product_id_error(product_id)
+        if problem:
+            raise InvalidArgument(problem)
+        product = self.catalog.get(product_id)
+        if product is None:
+            raise NotFound(f"unknown product_id {product_id!r}")
+        return product
+
+    # -- signals -----------------------------------------------------------------------------
+    async def observe(self, events: AsyncIterable[common_pb2.Event]) -> ObserveResult:
+        result = ObserveResult()
+        i = 0
+        async for event in events:
+            where = f"event {i} ({event.event_id[:64]})"
+            i += 1
+            if event.type not in WEIGHTS:
+                result.ignored += 1
+                continue
+            if not event.product_id:
+                result.rejected += 1
+                if len(result.errors) < MAX_SUMMARY_ERRORS:
+                    result.errors.append(f"{where}: {common_pb2.EventType.Name(event.type)} needs product_id")
+                continue
+            row = self.catalog.row_of.get(event.product_id)
+            if row is None:
+                result.ignored += 1  # not in the catalog (yet): no signal to keep
+                continue
+            if self.signals.observe(event, row, int(self.catalog.category[row])):
+                result.observed += 1
+            else:
+                result.ignored += 1
+        return result
+
+    # -- recommend ---------------------------------------------------------------------------
+    def recommend(self, query: Query) -> Result:
+        return self.recommender.recommend(query)
+
+    @property
+    def model(self) -> Model | None:
+        return self.recommender.model
+
+    # -- train -------------------------------------------------------------------------------
+    async def train(self, spec: TrainSpec) -> TrainOutcome:
+        if self._train_lock.locked():
+            raise FailedPrecondition("a Train is already running; wait for it to finish and retry")
+        async with self._train_lock:
+            return await self._train(spec)
+
+    async def _train(self, spec: TrainSpec) -> TrainOutcome:
+        dim = spec.dimensions or self.config.dimensions
+        if not MIN_DIMENSIONS <= dim <= MAX_DIMENSIONS:
+            raise InvalidArgument(f"dimensions must be between {MIN_DIMENSIONS} and {MAX_DIMENSIONS}, got {dim}")
+        if spec.from_event_log and spec.sessions:
+            raise InvalidArgument("give sessions inline or set from_event_log, not both")
+        if len(spec.sessions) > MAX_TRAIN_SESSIONS:
+            raise InvalidArgument(f"at most {MAX_TRAIN_SESSIONS} sessions per Train")
+        if spec.from_event_log:
+            sessions = await self._sessions_from_event_log(spec.since_ms)
+        else:
+            sessions = [list(s) for s in spec.sessions]
+            for i, session in enumerate(sessions):
+                for j, product_id in enumerate(session):
+                    problem = product_id_error(product_id)
+                    if problem:
+                        raise InvalidArgument(f"sessions[{i}].product_ids[{j}]: {problem}")
+        known = self.catalog.row_of
+        usable = sum(1 for sess in sessions
+                     if len({p for p in sess if spec.create_missing_products or p in known}) >= 2)
+        embeddings = await asyncio.to_thread(self.catalog.embeddings, dim)
+        if not usable and not embeddings:
+            raise FailedPrecondition(
+                "nothing to learn from: no session has two known products and no product has an embedding "
+                f"of {dim} dimensions (upsert the products first or set create_missing_products)")
+        created = 0
+        if spec.create_missing_products:
+            missing = sorted({p for sess in sessions for p in sess if p not in known})
+            if missing:
+                products = [common_pb2.Product(product_id=p, stock=CREATED_PRODUCT_STOCK) for p in missing]
+                async with self._write_lock:
+                    await asyncio.to_thread(self.catalog.write, products)
+                    self.catalog.apply(products)
+                created = len(products)
+        row_of = self.catalog.row_of
+        rows = [np.fromiter((row_of.get(p, -1) for p in sess), np.int64, len(sess)) for sess in sessions]
+        rows = [r[r >= 0] for r in rows]
+        ids = list(self.catalog.ids)
+        started = time.perf_counter()
+        trained: Trained = await asyncio.to_thread(
+            train_model, rows, ids, embeddings, dim=dim, index_params=self.index_params, progress=_log_progress)
+        if not trained.vectors.shape[0]:
+            raise FailedPrecondition("training produced no item vectors (sessions too short or too few)")
+        version = new_version()
+        meta = {"model_version": version, "items": int(trained.vectors.shape[0]), "dimensions": dim,
+                "interactions": trained.interactions, "index_type": trained.index.kind,
+                "ef_search": trained.index.ef_search, "recall_at_10": trained.index.recall,
+                "learned_items": trained.learned, "provided_items": trained.provided,
+                "train_seconds": trained.train_seconds, "index_seconds": trained.index_seconds,
+                "trained_ms": int(time.time() * 1000)}
+        await asyncio.to_thread(self.models.save, version, np.asarray(trained.ids), trained.vectors,
+                                trained.index, meta, trained.neighbours, ids)
+        model = await asyncio.to_thread(assemble, version, np.asarray(trained.ids), trained.vectors, trained.index,
+                                        row_of, len(self.catalog), meta, trained.neighbours)
+        await asyncio.to_thread(self.models.set_current, version)
+        self.recommender.model = model  # the swap: requests holding the old model finish with it
+        await asyncio.to_thread(self.models.prune, MODELS_KEPT)
+        log.info("model %s in use: %d items, %s index (recall@10 %.3f), %.1fs", version, model.items,
+                 trained.index.kind, trained.index.recall, time.perf_counter() - started,
+                 extra={"fields": meta})
+        return TrainOutcome(version, model.items, trained.interactions, trained.index.kind, trained.train_seconds,
+                            trained.index_seconds, created, trained.index.recall)
+
+    async def _sessions_from_event_log(self, since_ms: int) -> list[list[str]]:
+        addresses = [a.strip() for a in self.config.profile_addresses.split(",") if a.strip()]
+        if not addresses:
+            raise FailedPrecondition("no profile_addresses configured; give sessions inline")
+        request = profile_pb2.ScanEventsRequest(since_ms=since_ms, types=list(SESSION_EVENT_TYPES))
+        events: list[common_pb2.Event] = []
+        for address in addresses:
+            channel = self._channels.get(address)
+            if channel is None:
+                channel = self._channels[address] = channel_for(address, self.config)
+            stub = profile_pb2_grpc.ProfileServiceStub(channel)
+            try:
+                async for event in stub.ScanEvents(request, timeout=SCAN_TIMEOUT_SECONDS):
+                    events.append(event)
+            except grpc.aio.AioRpcError as err:
+                raise Unavailable(f"reading events from profile shard {address} failed: "
+                                  f"{err.code().name} {err.details()}") from err
+        return await asyncio.to_thread(sessions_from_events, events)
+
+    def model_info(self) -> dict[str, Any]:
+        model = self.recommender.model
+        stock = self.catalog.stock
+        info: dict[str, Any] = {"products": len(self.catalog), "in_stock": int((stock > 0).sum())}
+        if model is not None:
+            info.update(model_version=model.version, items=model.items, dimensions=model.dim,
+                        index_type=model.index.kind, trained_ms=int(model.meta.get("trained_ms", 0)),
+                        recall_at_10=model.index.recall, ef_search=model.index.ef_search)
+        return info
+
+
+def _log_progress(stage: str, fraction: float) -> None:
+    log.info("train %s %.0f%%", stage, 100 * fraction, extra={"fields": {"stage": stage, "fraction": fraction}})
+
+
+def warm_up() -> None:
+    """Run the re-ranking kernel once so the first request does not pay for loading it."""
+    stock = np.ones(4, np.int32)
+    price = np.arange(4, dtype=np.float64)
+    category = np.array([0, 1, 0, -1], np.int32)
+    rr.rerank(np.arange(4), np.ones(4, np.float32), stock=stock, price=price, category=category, k=2,
+              excluded=np.array([1]), include_categories=np.array([0, 1]), exclude_categories=np.array([3]),
+              category_boost=np.ones(2, np.float32), budget=1.0, max_per_category=1, n_categories=2)

@@ -1,0 +1,86 @@
+"""RecommendService: protobuf in, a call on `RecommendationService`, protobuf out."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+
+from services.recommendation.catalog import StockChange
+from services.recommendation.engine import Query, Rules, Shopper
+from services.recommendation.service import RecommendationService, Summary, TrainSpec
+from vitrine.v1 import common_pb2, recommend_pb2, recommend_pb2_grpc
+
+
+def _summary(summary: Summary) -> recommend_pb2.UpsertSummary:
+    return recommend_pb2.UpsertSummary(upserted=summary.upserted, rejected=summary.rejected, errors=summary.errors)
+
+
+def query_from_proto(request: recommend_pb2.RecommendRequest) -> Query:
+    u, c = request.user, request.constraints
+    return Query(
+        strategy=recommend_pb2.Strategy.Name(request.strategy) if request.strategy in
+        recommend_pb2.Strategy.values() else "STRATEGY_UNSPECIFIED",
+        k=request.k,
+        anchor=request.product_id,
+        cart=tuple(request.cart_product_ids),
+        shopper=Shopper(user_id=u.user_id, recent=tuple(u.recent_product_ids),
+                        purchased=tuple(u.purchased_product_ids), affinity=dict(u.category_affinity),
+                        budget=u.budget),
+        rules=Rules(include_out_of_stock=c.include_out_of_stock, max_price=c.max_price, min_price=c.min_price,
+                    exclude_ids=tuple(c.exclude_product_ids), include_categories=tuple(c.include_categories),
+                    exclude_categories=tuple(c.exclude_categories), max_per_category=c.max_per_category,
+                    exclude_purchased=c.exclude_purchased),
+    )
+
+
+class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
+    def __init__(self, service: RecommendationService) -> None:
+        self.service = service
+
+    async def UpsertProducts(self, request_iterator: AsyncIterator[common_pb2.Product],
+                             context: grpc.aio.ServicerContext) -> recommend_pb2.UpsertSummary:
+        return _summary(await self.service.upsert(request_iterator))
+
+    async def UpdateInventory(self, request_iterator: AsyncIterator[recommend_pb2.StockUpdate],
+                              context: grpc.aio.ServicerContext) -> recommend_pb2.UpsertSummary:
+        async def changes() -> AsyncIterator[StockChange]:
+            async for update in request_iterator:
+                yield StockChange(update.product_id, update.stock,
+                                  update.price if update.HasField("price") else None)
+
+        return _summary(await self.service.update_inventory(changes()))
+
+    async def Observe(self, request_iterator: AsyncIterator[common_pb2.Event],
+                      context: grpc.aio.ServicerContext) -> recommend_pb2.ObserveSummary:
+        result = await self.service.observe(request_iterator)
+        return recommend_pb2.ObserveSummary(observed=result.observed, ignored=result.ignored,
+                                            rejected=result.rejected, errors=result.errors)
+
+    async def Train(self, request: recommend_pb2.TrainRequest,
+                    context: grpc.aio.ServicerContext) -> recommend_pb2.TrainResponse:
+        spec = TrainSpec(sessions=[list(s.product_ids) for s in request.sessions], dimensions=request.dimensions,
+                         from_event_log=request.from_event_log, since_ms=request.since_ms,
+                         create_missing_products=request.create_missing_products)
+        out = await self.service.train(spec)
+        return recommend_pb2.TrainResponse(
+            model_version=out.model_version, items=out.items, interactions=out.interactions,
+            index_type=out.index_type, train_seconds=out.train_seconds, index_seconds=out.index_seconds,
+            products_created=out.products_created, recall_at_10=out.recall_at_10)
+
+    async def Recommend(self, request: recommend_pb2.RecommendRequest,
+                        context: grpc.aio.ServicerContext) -> recommend_pb2.RecommendResponse:
+        result = self.service.recommend(query_from_proto(request))
+        return recommend_pb2.RecommendResponse(
+            items=[recommend_pb2.ScoredProduct(product_id=i.product_id, score=i.score, title=i.title,
+                                               category=i.category, price=i.price, reason=i.reason,
+                                               stock=i.stock, brand=i.brand) for i in result.items],
+            strategy_used=result.strategy_used, fallback=result.fallback, model_version=result.model_version)
+
+    async def GetProduct(self, request: recommend_pb2.GetProductRequest,
+                         context: grpc.aio.ServicerContext) -> common_pb2.Product:
+        return self.service.get_product(request.product_id)
+
+    async def GetModelInfo(self, request: recommend_pb2.GetModelInfoRequest,
+                           context: grpc.aio.ServicerContext) -> recommend_pb2.ModelInfo:
+        return recommend_pb2.ModelInfo(**self.service.model_info())
