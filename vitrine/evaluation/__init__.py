@@ -1,0 +1,1 @@
+"""Offline evaluation of recommendation strategies on held-out sessions (`vitrine evaluate`)."""
