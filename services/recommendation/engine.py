@@ -75,11 +75,15 @@ class ForYouParams:
     category_weight: float = DEFAULT_CATEGORY_WEIGHT   # score += weight * affinity / max affinity
     recent_window: int = MAX_RECENT_IDS                # newest views that shape the shopper vector
     candidate_multiplier: int = 0                      # 0 = the service's candidate_multiplier
-    exclude_recent: bool = True                        # do not recommend what was just viewed
+    # Viewed items stay eligible: shoppers often go back to them (45 % of Tmall next clicks), and the
+    # offline evaluation scores FOR_YOU 51.5 vs 8.6 HR@20 with them. A page that wants "nothing you
+    # just saw" passes them in constraints.exclude_product_ids.
+    exclude_recent: bool = False
     session_neighbours: bool = True                    # session item-item candidates rank above FAISS ones
     session_n_recent: int = SESSION_N_RECENT           # newest views that feed them
     session_recency_decay: float = SESSION_RECENCY_DECAY
-    session_repeat_weight: float = SESSION_REPEAT_WEIGHT  # score of a viewed item itself (if not excluded)
+    # Score of a viewed item itself (if not excluded); 0 = the weight the model tuned at training.
+    session_repeat_weight: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -382,7 +386,8 @@ class Recommender:
         purchased = self.catalog.rows(s.purchased)
         head = (session_candidates(model, recent, SRC_FOR_YOU, n_recent=params.session_n_recent,
                                    recency_decay=params.session_recency_decay,
-                                   repeat_weight=params.session_repeat_weight)
+                                   repeat_weight=params.session_repeat_weight
+                                   or float(model.meta.get("repeat_weight", SESSION_REPEAT_WEIGHT)))
                 if params.session_neighbours else Candidates.empty())
         vector = for_you_query_vector(model, recent, purchased, params)
         if not vector.any():

@@ -310,7 +310,7 @@ class RecommendationService:
                 "ef_search": trained.index.ef_search, "recall_at_10": trained.index.recall,
                 "learned_items": trained.learned, "provided_items": trained.provided,
                 "train_seconds": trained.train_seconds, "index_seconds": trained.index_seconds,
-                "trained_ms": int(time.time() * 1000)}
+                "trained_ms": int(time.time() * 1000), "repeat_weight": trained.repeat_weight}
         await asyncio.to_thread(self.models.save, version, np.asarray(trained.ids), trained.vectors,
                                 trained.index, meta, trained.neighbours, ids)
         model = await asyncio.to_thread(assemble, version, np.asarray(trained.ids), trained.vectors, trained.index,

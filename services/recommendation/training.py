@@ -24,7 +24,7 @@ import numpy as np
 
 from scoring.index import IndexParams, VectorIndex, build_index
 from scoring.item_vectors import train_item_vectors
-from scoring.session_knn import Neighbours, build_neighbours
+from scoring.session_knn import DEFAULT_REPEAT_WEIGHT, Neighbours, build_neighbours, tune_repeat_weight
 from services.recommendation.config import MAX_SESSION_LENGTH
 from vitrine.v1 import common_pb2
 
@@ -48,6 +48,9 @@ class Trained:
     train_seconds: float
     index_seconds: float
     neighbours: Neighbours | None = None   # over catalog rows 0..len(ids)-1
+    # Score of an item the shopper already viewed, tuned on this store's own sessions (how often
+    # shoppers go back to what they saw differs a lot between stores).
+    repeat_weight: float = DEFAULT_REPEAT_WEIGHT
 
 
 def sessions_from_events(events: Iterable[common_pb2.Event]) -> list[list[str]]:
@@ -114,6 +117,7 @@ def train_model(sessions: Sequence[np.ndarray], ids: Sequence[str], embeddings: 
     keep = np.linalg.norm(vectors, axis=1) > 0
     rows, vectors = rows[keep], vectors[keep]
     neighbours = build_neighbours(sessions, len(ids)) if sessions else None
+    repeat_weight = tune_repeat_weight(sessions, len(ids))[0] if sessions else DEFAULT_REPEAT_WEIGHT
     train_seconds = time.perf_counter() - started
     report("index", 0.8)
     started = time.perf_counter()
@@ -126,4 +130,4 @@ def train_model(sessions: Sequence[np.ndarray], ids: Sequence[str], embeddings: 
     return Trained(ids=[ids[int(r)] for r in rows], vectors=vectors, index=index, interactions=interactions,
                    learned=int(learned_only.sum()), provided=int(provided_rows.size),
                    train_seconds=train_seconds, index_seconds=time.perf_counter() - started,
-                   neighbours=neighbours)
+                   neighbours=neighbours, repeat_weight=repeat_weight)

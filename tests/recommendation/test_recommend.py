@@ -46,7 +46,10 @@ async def test_for_you_follows_recent_views(store: Harness) -> None:
     got = ids(response)
     assert len(got) == 20 and response.strategy_used == "FOR_YOU" and not response.fallback
     assert sum(p.startswith("hats-") for p in got[:10]) >= 8 and sum(p.startswith("hats-") for p in got) >= 10
-    assert not set(got) & set(user.recent_product_ids)  # just viewed: not recommended again
+    # Viewed items stay eligible (shoppers go back to them); a page that wants them out says so.
+    without_recent = await store.recommend(R.FOR_YOU, k=20, user=user,
+                                           constraints=R.Constraints(exclude_product_ids=user.recent_product_ids))
+    assert len(ids(without_recent)) == 20 and not set(ids(without_recent)) & set(user.recent_product_ids)
     store.service.recommender.for_you.session_neighbours = False  # vectors only
     vectors_only = ids(await store.recommend(R.FOR_YOU, k=20, user=user))
     assert sum(p.startswith("hats-") for p in vectors_only) >= 15
