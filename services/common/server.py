@@ -36,9 +36,10 @@ SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.so_reuseport", 0),
     # Recycle connections now and then so long-lived clients re-resolve DNS and spread over
-    # new replicas after a scale-up; in-flight calls get the grace period to finish.
+    # new replicas after a scale-up. The age only stops new calls on a connection; calls in
+    # flight (a Train or a full ScanEvents can take many minutes) get an hour to finish.
     ("grpc.max_connection_age_ms", 300_000),
-    ("grpc.max_connection_age_grace_ms", 30_000),
+    ("grpc.max_connection_age_grace_ms", 3_600_000),
 )
 
 
@@ -105,12 +106,12 @@ async def build_server(
     """Start serving `service` on config.host:config.port; returns once it is SERVING."""
     gate = ServiceGate(config.max_concurrent_rpcs)
     max_bytes = config.max_message_mb * 1024 * 1024
-    options = [
-        *SERVER_OPTIONS,
-        ("grpc.max_receive_message_length", max_bytes),
-        ("grpc.max_send_message_length", max_bytes),
-        *extra_options,
-    ]
+    # gRPC keeps the first value of a repeated option, so merge here and let `extra_options` win.
+    merged = dict(SERVER_OPTIONS)
+    merged["grpc.max_receive_message_length"] = max_bytes
+    merged["grpc.max_send_message_length"] = max_bytes
+    merged.update(dict(extra_options))
+    options = list(merged.items())
     server = grpc.aio.server(
         interceptors=[ServerInterceptor(service.name, gate, config.auth_token)], options=options
     )

@@ -1,0 +1,100 @@
+"""The gateway's own cost: the same open-loop run against the gateway in front of instant
+in-memory backends (the fakes of tests/gateway), next to the echo ceiling. Separates what the
+gateway adds from what the real backends cost.
+
+    python -m benchmarks.loadtest.gateway_only --steps 250,500,1000,1500 --out /tmp/gw-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from benchmarks.loadtest import report
+from benchmarks.loadtest.run import ROOT, _env, echo_server, free_port, run_generator
+
+USERS = 10_000
+
+
+async def _backends(ports: dict[str, int], ready: Path) -> None:
+    from services.common.config import ServerConfig
+    from services.common.server import build_server
+    from tests.gateway.fakes import FakeProfile, FakeRecommendation, FakeSegmentation
+    from vitrine.v1 import common_pb2
+
+    profile = FakeProfile()
+    for i in range(USERS):
+        user = f"u{i}"
+        profile.profiles[user] = common_pb2.Profile(
+            user_id=user, event_count=5, recently_viewed=["p000001", "p000002"], category_affinity={"shoes": 0.5})
+    fakes = {"profile": profile, "segmentation": FakeSegmentation(), "recommendation": FakeRecommendation()}
+    servers = [await build_server(ServerConfig(port=ports[name]), fake) for name, fake in fakes.items()]
+    await asyncio.to_thread(ready.write_text, "ok")
+    while servers:  # (holding `servers`: a grpc.aio server that is garbage-collected stops)
+        # Keep the recorders from growing without bound.
+        await asyncio.sleep(1)
+        fakes["recommendation"].requests.clear()  # type: ignore[attr-defined]
+        fakes["recommendation"].observed.clear()  # type: ignore[attr-defined]
+        fakes["segmentation"].seen.clear()  # type: ignore[attr-defined]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", default="250,500,1000,1500")
+    parser.add_argument("--echo-steps", default="500,1000,1500")
+    parser.add_argument("--step-seconds", type=float, default=8.0)
+    parser.add_argument("--out", type=Path, default=Path("/tmp/vitrine-gateway-only"))
+    parser.add_argument("--serve-backends", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve_backends:
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+        spec = json.loads(args.serve_backends)
+        asyncio.run(_backends(spec["ports"], Path(spec["ready"])))
+        return
+    args.out.mkdir(parents=True, exist_ok=True)
+    ports = {name: free_port() for name in ("profile", "segmentation", "recommendation", "gateway")}
+    ready = args.out / "backends.ready"
+    ready.unlink(missing_ok=True)
+    spec = json.dumps({"ports": ports, "ready": str(ready)})
+    backends = subprocess.Popen([sys.executable, "-m", "benchmarks.loadtest.gateway_only", "--serve-backends", spec],
+                                cwd=ROOT, env=_env())
+    gateway = None
+    try:
+        while not ready.exists():
+            time.sleep(0.1)
+        gateway = subprocess.Popen([
+            sys.executable, "-m", "services.gateway", "--port", str(ports["gateway"]), "--log-level", "ERROR",
+            "--profile-addresses", f"127.0.0.1:{ports['profile']}",
+            "--segmentation-address", f"127.0.0.1:{ports['segmentation']}",
+            "--recommendation-address", f"127.0.0.1:{ports['recommendation']}"], cwd=ROOT, env=_env())
+        time.sleep(3)
+        users = args.out / "users.txt"
+        users.write_text("\n".join(f"u{i}" for i in range(USERS)))
+        rates = [float(x) for x in args.steps.split(",")]
+        echo_rates = [float(x) for x in args.echo_steps.split(",")]
+        with echo_server() as address:
+            echo = run_generator(address, "echo", echo_rates, args.step_seconds)
+        vitrine = run_generator(f"127.0.0.1:{ports['gateway']}", "vitrine", rates, args.step_seconds,
+                                ["--users", str(users)])
+    finally:
+        for process in (gateway, backends):
+            if process is not None:
+                process.terminate()
+                process.wait(10)
+    meta = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "store": "none: instant in-memory backends (tests/gateway/fakes.py), 10,000 known shoppers",
+            "suite": "gateway process + one process serving the three fake backends"}
+    (args.out / "results.md").write_text(report.markdown(vitrine, echo, meta))
+    (args.out / "results.json").write_text(json.dumps({"vitrine": vitrine, "echo": echo}, indent=1))
+    print(json.dumps(report.summary(vitrine, echo)))
+
+
+if __name__ == "__main__":
+    main()

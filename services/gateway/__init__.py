@@ -1,0 +1,1 @@
+"""PersonalizationService: the thin gateway composing profile, segmentation and recommendation."""

@@ -1,0 +1,215 @@
+"""Personalize and Track as plain async code over injected backend clients.
+
+Personalize: one profile read (a share of the budget), then segments and every
+placement's Recommend concurrently in what is left. Each call carries its own
+seconds; whatever misses it or fails is replaced by its fallback, never an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import grpc
+
+from services.gateway import config as limits
+from services.gateway.defaults import ANCHORED, PERSONAL, Slot, slots_for
+from services.gateway.fallback import FALLBACK_STRATEGY, TrendingCache, context_segments
+from services.gateway.metrics import BACKEND_LATENCY, FALLBACKS
+from services.gateway.observe import ObserveForwarder
+from vitrine.v1 import common_pb2, gateway_pb2, profile_pb2, recommend_pb2, segment_pb2
+
+log = logging.getLogger(__name__)
+
+UNKNOWN_USER = "unknown_user"
+NO_CONSENT = "no_consent"
+PROFILE_UNAVAILABLE = "profile_unavailable"
+SEGMENTATION_UNAVAILABLE = "segmentation_unavailable"
+RECOMMENDATION_UNAVAILABLE = "recommendation_unavailable"
+
+# What a backend call may raise: status errors and timeouts, and anything unexpected from the
+# client stack (logged), which must still degrade one part of the answer, not fail it.
+_BACKEND_ERRORS = (Exception,)
+
+
+def _unexpected(err: BaseException, backend: str) -> None:
+    if not isinstance(err, grpc.aio.AioRpcError | TimeoutError):
+        log.warning("unexpected error calling %s", backend, exc_info=err)
+
+
+_latency_children: dict[tuple[str, str], Any] = {}
+_fallback_children: dict[str, Any] = {}
+
+
+def _observe(backend: str, started: float, ok: bool, err: BaseException | None = None) -> None:
+    outcome = "ok" if ok else "error"
+    if isinstance(err, TimeoutError) or (
+            isinstance(err, grpc.aio.AioRpcError) and err.code() == grpc.StatusCode.DEADLINE_EXCEEDED):
+        outcome = "timeout"
+    child = _latency_children.get((backend, outcome))
+    if child is None:  # label lookups take a lock: do them once per label set
+        child = _latency_children[(backend, outcome)] = BACKEND_LATENCY.labels(backend, outcome)
+    child.observe(time.perf_counter() - started)
+
+
+def _count_fallback(reason: str) -> None:
+    child = _fallback_children.get(reason)
+    if child is None:
+        child = _fallback_children[reason] = FALLBACKS.labels(reason)
+    child.inc()
+
+
+def consent_withdrawn(profile: common_pb2.Profile) -> bool:
+    """Personalization consent explicitly withdrawn (never set = granted, as on a first visit)."""
+    consent = profile.consent
+    return profile.HasField("consent") and consent.updated_ms > 0 and not consent.personalization
+
+
+def user_signals(profile: common_pb2.Profile) -> recommend_pb2.UserSignals:
+    """What Recommend needs to know about the shopper, taken from the profile."""
+    affinities = profile.category_affinity
+    if len(affinities) > limits.MAX_SIGNAL_AFFINITIES:
+        top = sorted(affinities.items(), key=lambda kv: kv[1], reverse=True)[:limits.MAX_SIGNAL_AFFINITIES]
+        affinities = dict(top)
+    # Typical spend: per order when the shopper has ordered, per visit otherwise; the larger one
+    # when both are known, so a shopper who buys one expensive item per order is not under-served.
+    budget = max(profile.avg_order_value, profile.avg_session_spend, 0.0)
+    return recommend_pb2.UserSignals(
+        user_id=profile.user_id,
+        recent_product_ids=profile.recently_viewed[:limits.MAX_SIGNAL_RECENT],
+        purchased_product_ids=profile.purchased_product_ids[:limits.MAX_SIGNAL_PURCHASED],
+        category_affinity=affinities,
+        budget=budget,
+    )
+
+
+class Composer:
+    """Personalize and Track; backends are injected (stubs or fakes with the same methods)."""
+
+    def __init__(self, router: Any, segments: Any, recommend: Any, trending: TrendingCache,
+                 observer: ObserveForwarder | None, *, deadline_ms: int = 50) -> None:
+        self.router = router
+        self.segments = segments
+        self.recommend = recommend
+        self.trending = trending
+        self.observer = observer
+        self.deadline_ms = deadline_ms
+
+    # --- Track ---------------------------------------------------------------------------
+
+    async def track(self, request: profile_pb2.TrackRequest) -> profile_pb2.TrackResponse:
+        """Durable in the profile shard (its error is the caller's), then best-effort Observe."""
+        reply = await self.router.track(request)
+        if reply.applied and self.observer is not None:
+            self.observer.offer(request.event)
+        return reply
+
+    # --- Personalize -----------------------------------------------------------------------
+
+    async def personalize(self, request: gateway_pb2.PersonalizeRequest) -> gateway_pb2.PersonalizeResponse:
+        slots = slots_for(request)  # InvalidArgument for a malformed request, before any call
+        loop = asyncio.get_running_loop()
+        budget = (request.deadline_ms or self.deadline_ms) / 1000.0
+        deadline = loop.time() + budget - limits.ASSEMBLY_RESERVE_MS / 1000.0
+        reasons: list[str] = []
+
+        profile: common_pb2.Profile | None = None
+        if request.user_id:
+            started = time.perf_counter()
+            try:
+                profile = await self.router.get_profile(request.user_id, budget * limits.PROFILE_BUDGET_SHARE)
+            except _BACKEND_ERRORS as err:
+                _unexpected(err, "profile")
+                _observe("profile", started, False, err)
+                reasons.append(PROFILE_UNAVAILABLE)
+            else:
+                _observe("profile", started, True)
+                if profile is None:
+                    reasons.append(UNKNOWN_USER)
+                elif consent_withdrawn(profile):
+                    profile = None
+                    reasons.append(NO_CONSENT)
+        else:
+            reasons.append(UNKNOWN_USER)
+        personal = profile is not None
+        unknown = bool(reasons) and reasons[0] == UNKNOWN_USER
+
+        signals = user_signals(profile) if profile is not None else None
+        remaining = max(deadline - loop.time(), 0.001)
+        segment_call = self._segments(request, profile, unknown, remaining)
+        placement_calls = [self._placement(request, slot, signals, remaining) for slot in slots]
+        (segment_ids, offers, segments_ok), *placements = await asyncio.gather(segment_call, *placement_calls)
+
+        response = gateway_pb2.PersonalizeResponse(segment_ids=segment_ids, offers=offers)
+        placements_ok = 0
+        for result, ok, model_version in placements:
+            response.placements.append(result)
+            placements_ok += ok
+            if model_version and not response.model_version:
+                response.model_version = model_version
+        if not segments_ok:
+            reasons.append(SEGMENTATION_UNAVAILABLE)
+        if placements_ok < len(placements):
+            reasons.append(RECOMMENDATION_UNAVAILABLE)
+        response.personalized = personal and (segments_ok or placements_ok > 0)
+        if reasons:
+            response.fallback_reason = ",".join(reasons)
+            for reason in reasons:
+                _count_fallback(reason)
+        return response
+
+    async def _segments(self, request: gateway_pb2.PersonalizeRequest, profile: common_pb2.Profile | None,
+                        unknown: bool, seconds: float) -> tuple[list[str], list[segment_pb2.Offer], bool]:
+        """Segments and offers; for a shopper without a usable profile, the context-only built-ins
+        (an unknown shopper is a new visitor and still gets the store's offers for new visitors)."""
+        if profile is None and not unknown:
+            # No consent, or the profile is unavailable: nothing personal, nothing to ask.
+            return context_segments(request.context, new_visitor=False), [], True
+        evaluate = segment_pb2.EvaluateRequest(context=request.context)
+        if profile is not None:
+            evaluate.profile.CopyFrom(profile)
+        else:
+            evaluate.profile.user_id = request.user_id
+        started = time.perf_counter()
+        try:
+            reply = await self.segments.Evaluate(evaluate, timeout=seconds)
+        except _BACKEND_ERRORS as err:
+            _unexpected(err, "segmentation")
+            _observe("segmentation", started, False, err)
+            return context_segments(request.context, new_visitor=profile is None), [], False
+        _observe("segmentation", started, True)
+        return list(reply.segment_ids), list(reply.offers), True
+
+    async def _placement(self, request: gateway_pb2.PersonalizeRequest, slot: Slot,
+                         signals: recommend_pb2.UserSignals | None,
+                         seconds: float) -> tuple[gateway_pb2.PlacementResult, bool, str]:
+        """One placement's items: Recommend, or warm trending items when it is late or fails."""
+        strategy = slot.strategy
+        if signals is None and strategy in PERSONAL:
+            strategy = recommend_pb2.TRENDING
+        call = recommend_pb2.RecommendRequest(
+            strategy=strategy, k=slot.k, constraints=slot.constraints, context=request.context,
+            cart_product_ids=request.cart_product_ids,
+        )
+        if strategy in ANCHORED or request.product_id:
+            call.product_id = request.product_id
+        if signals is not None:
+            call.user.CopyFrom(signals)
+        started = time.perf_counter()
+        try:
+            reply = await self.recommend.Recommend(call, timeout=seconds)
+        except _BACKEND_ERRORS as err:
+            _unexpected(err, "recommendation")
+            _observe("recommendation", started, False, err)
+            exclude = [request.product_id] if request.product_id else []
+            exclude.extend(request.cart_product_ids)
+            items = self.trending.items(slot.k, slot.constraints, exclude)
+            result = gateway_pb2.PlacementResult(slot_id=slot.slot_id, items=items,
+                                                 strategy_used=FALLBACK_STRATEGY, fallback=True)
+            return result, False, ""
+        _observe("recommendation", started, True)
+        result = gateway_pb2.PlacementResult(slot_id=slot.slot_id, items=reply.items,
+                                             strategy_used=reply.strategy_used, fallback=reply.fallback)
+        return result, True, reply.model_version

@@ -1,0 +1,79 @@
+"""Gateway settings and every limit of the gateway as a named constant."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from services.common.config import ServerConfig
+
+DEFAULT_PORT = 50051
+
+# Request limits (INVALID_ARGUMENT beyond them).
+MAX_PLACEMENTS = 16              # placements per Personalize request
+MAX_K = 100                      # items per placement
+DEFAULT_K = 8                    # k when a placement names none
+MAX_ID_LENGTH = 256              # user, session, product and slot ids
+MAX_CART_ITEMS = 200             # cart_product_ids per request
+MAX_DEADLINE_MS = 10_000         # largest deadline a caller may ask for
+MIN_DEADLINE_MS = 1
+
+# Deadline split: the profile read gets this share of the request budget; the
+# segment and recommend calls run concurrently in what is left, minus a small
+# reserve for assembling and sending the answer.
+PROFILE_BUDGET_SHARE = 0.4
+ASSEMBLY_RESERVE_MS = 1.5
+
+# Profile calls other than Personalize's read (Track, Identify, ...): their own timeout.
+PROFILE_CALL_TIMEOUT_S = 5.0
+# Cross-shard Identify moves at most this many events of the anonymous profile.
+MAX_MOVED_EVENTS = 100_000
+
+# UserSignals built from the profile.
+MAX_SIGNAL_RECENT = 50           # recently viewed ids passed to Recommend
+MAX_SIGNAL_PURCHASED = 100
+MAX_SIGNAL_AFFINITIES = 50       # strongest categories only
+
+# Warm fallback lists (trending), refreshed in the background.
+TRENDING_SIZE = 100              # items kept per list (placements take their k after filtering)
+TRENDING_CATEGORY_LISTS = 256    # per-category lists kept (LRU)
+TRENDING_CALL_TIMEOUT_S = 2.0
+
+# Alias cache of the shard router (anonymous id -> customer id after a cross-shard Identify).
+ALIAS_CACHE_SIZE = 100_000
+# "Not an alias" answers are trusted this long (another gateway replica may Identify meanwhile).
+ALIAS_NEGATIVE_TTL_S = 2.0
+
+# Best-effort Observe forwarding.
+OBSERVE_QUEUE_SIZE = 10_000      # events waiting; beyond this they are dropped (counted)
+OBSERVE_BATCH_SIZE = 500         # events per Observe stream
+OBSERVE_CALL_TIMEOUT_S = 2.0
+OBSERVE_RETRY_PAUSE_S = 0.5      # pause after a failed batch (the batch is dropped, counted)
+
+PAGE_TYPES = ("home", "product", "category", "cart", "checkout", "search")
+
+
+@dataclasses.dataclass(frozen=True)
+class GatewayConfig(ServerConfig):
+    profile_addresses: str = dataclasses.field(
+        default="127.0.0.1:50052",
+        metadata={"help": "profile shards, comma-separated host:port in shard order (the shard count is fixed "
+                          "by this list: changing it moves users)"},
+    )
+    segmentation_address: str = dataclasses.field(default="127.0.0.1:50053",
+                                                  metadata={"help": "segmentation service host:port"})
+    recommendation_address: str = dataclasses.field(default="127.0.0.1:50054",
+                                                    metadata={"help": "recommendation service host:port"})
+    deadline_ms: int = dataclasses.field(
+        default=50, metadata={"help": "Personalize budget per request when the request names none, ms"})
+    trending_refresh_seconds: float = dataclasses.field(
+        default=10.0, metadata={"help": "how often the warm trending fallback lists are refreshed"})
+    backend_tls: bool = dataclasses.field(default=False, metadata={"help": "TLS to the backends"})
+    processes: int = dataclasses.field(
+        default=1, metadata={"help": "server processes sharing the port with SO_REUSEPORT (1 = one process)"})
+    uvloop: bool = dataclasses.field(default=True, metadata={"help": "run on uvloop (off: the stock asyncio loop)"})
+    reuse_port: bool = dataclasses.field(
+        default=False, metadata={"help": "set SO_REUSEPORT on the listening socket (implied by --processes > 1)"})
+
+    @property
+    def profile_shards(self) -> tuple[str, ...]:
+        return tuple(a.strip() for a in self.profile_addresses.split(",") if a.strip())

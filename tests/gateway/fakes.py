@@ -1,0 +1,163 @@
+"""Test-only backends with injectable faults (delay, error status), for the fallback tests.
+
+They implement just enough of each backend's contract to be recognisable in answers;
+composition, routing, sharding and recovery are also tested against the real services.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Sequence
+
+import grpc
+
+from vitrine.v1 import (
+    common_pb2,
+    profile_pb2,
+    profile_pb2_grpc,
+    recommend_pb2,
+    recommend_pb2_grpc,
+    segment_pb2,
+    segment_pb2_grpc,
+)
+
+
+@dataclasses.dataclass
+class Faults:
+    delay: float = 0.0
+    code: grpc.StatusCode | None = None
+    message: str = "injected failure"
+    calls: int = 0
+
+    async def apply(self, context: grpc.aio.ServicerContext) -> None:
+        self.calls += 1
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.code is not None:
+            await context.abort(self.code, self.message)
+
+    def clear(self) -> None:
+        self.delay, self.code = 0.0, None
+
+
+class _Base:
+    service_names: Sequence[str] = ()
+
+    def __init__(self) -> None:
+        self.faults = Faults()
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+
+class FakeProfileServicer(profile_pb2_grpc.ProfileServiceServicer):
+    def __init__(self, owner: FakeProfile) -> None:
+        self.owner = owner
+
+    async def Track(self, request, context):  # type: ignore[no-untyped-def]
+        await self.owner.faults.apply(context)
+        event = request.event
+        if not event.event_id:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "event.event_id is required")
+        profile = self.owner.profiles.setdefault(event.user_id, common_pb2.Profile(user_id=event.user_id))
+        profile.event_count += 1
+        if event.product_id:
+            profile.recently_viewed.insert(0, event.product_id)
+        return profile_pb2.TrackResponse(applied=True, user_id=event.user_id)
+
+    async def GetProfile(self, request, context):  # type: ignore[no-untyped-def]
+        await self.owner.faults.apply(context)
+        profile = self.owner.profiles.get(request.user_id)
+        if profile is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no profile for {request.user_id}")
+        return profile
+
+    async def SetConsent(self, request, context):  # type: ignore[no-untyped-def]
+        await self.owner.faults.apply(context)
+        profile = self.owner.profiles.setdefault(request.user_id, common_pb2.Profile(user_id=request.user_id))
+        profile.consent.CopyFrom(request.consent)
+        return profile
+
+
+class FakeProfile(_Base):
+    name = "fake-profile"
+    service_names = ("vitrine.v1.ProfileService",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.profiles: dict[str, common_pb2.Profile] = {}
+
+    def add_to_server(self, server: grpc.aio.Server) -> None:
+        profile_pb2_grpc.add_ProfileServiceServicer_to_server(FakeProfileServicer(self), server)
+
+
+class FakeSegmentationServicer(segment_pb2_grpc.SegmentServiceServicer):
+    def __init__(self, owner: FakeSegmentation) -> None:
+        self.owner = owner
+
+    async def Evaluate(self, request, context):  # type: ignore[no-untyped-def]
+        await self.owner.faults.apply(context)
+        self.owner.seen.append(request)
+        known = bool(request.profile.event_count)
+        segments = ["returning_visitor" if known else "new_visitor", "evaluated"]
+        offer = segment_pb2.Offer(offer_id="welcome", title="Welcome", segment_ids=segments[:1])
+        return segment_pb2.EvaluateResponse(segment_ids=segments, offers=[offer])
+
+
+class FakeSegmentation(_Base):
+    name = "fake-segmentation"
+    service_names = ("vitrine.v1.SegmentService",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[segment_pb2.EvaluateRequest] = []
+
+    def add_to_server(self, server: grpc.aio.Server) -> None:
+        segment_pb2_grpc.add_SegmentServiceServicer_to_server(FakeSegmentationServicer(self), server)
+
+
+TRENDING_IDS = [f"t{i}" for i in range(30)]
+
+
+class FakeRecommendationServicer(recommend_pb2_grpc.RecommendServiceServicer):
+    def __init__(self, owner: FakeRecommendation) -> None:
+        self.owner = owner
+
+    async def Recommend(self, request, context):  # type: ignore[no-untyped-def]
+        self.owner.requests.append(request)
+        if request.strategy == recommend_pb2.TRENDING and request.k == 100:
+            await self.owner.trending_faults.apply(context)  # the gateway's background refresh
+            items = [recommend_pb2.ScoredProduct(product_id=p, category="shoes" if i % 2 else "bags",
+                                                 price=10.0 + i, score=1.0 / (i + 1))
+                     for i, p in enumerate(TRENDING_IDS)]
+            return recommend_pb2.RecommendResponse(items=items, strategy_used="TRENDING")
+        await self.owner.faults.apply(context)
+        name = recommend_pb2.Strategy.Name(request.strategy)
+        items = [recommend_pb2.ScoredProduct(product_id=f"{name.lower()}-{i}", score=1.0)
+                 for i in range(request.k)]
+        return recommend_pb2.RecommendResponse(items=items, strategy_used=name, model_version="fake-1")
+
+    async def Observe(self, request_iterator, context):  # type: ignore[no-untyped-def]
+        events = [event async for event in request_iterator]
+        await self.owner.observe_faults.apply(context)
+        self.owner.observed.extend(events)
+        return recommend_pb2.ObserveSummary(observed=len(events))
+
+
+class FakeRecommendation(_Base):
+    name = "fake-recommendation"
+    service_names = ("vitrine.v1.RecommendService",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trending_faults = Faults()
+        self.observe_faults = Faults()
+        self.requests: list[recommend_pb2.RecommendRequest] = []
+        self.observed: list[common_pb2.Event] = []
+
+    def add_to_server(self, server: grpc.aio.Server) -> None:
+        recommend_pb2_grpc.add_RecommendServiceServicer_to_server(FakeRecommendationServicer(self), server)
