@@ -28,7 +28,7 @@ run: $(GEN_STAMP)
 ## Lint, then every test including the slow set (crash loops, sharded suite).
 test: $(GEN_STAMP)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q -m "slow or not slow"
+	$(PY) -m pytest -q
 
 ## Quick loop while developing: skips the slow set.
 test-fast: $(GEN_STAMP)

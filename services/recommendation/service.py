@@ -17,6 +17,7 @@ import numpy as np
 
 from scoring import rerank as rr
 from scoring.index import IndexParams
+from scoring.session_knn import build_neighbours, session_scores
 from services.common.channel import channel_for
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from services.recommendation.catalog import (
@@ -359,7 +360,10 @@ def _log_progress(stage: str, fraction: float) -> None:
 
 
 def warm_up() -> None:
-    """Run the re-ranking kernel once so the first request does not pay for loading it."""
+    """Run every Numba kernel of the request path once, so the first request does not pay for
+    compiling or loading it (on a fresh machine that takes seconds: readiness means compiled)."""
+    table = build_neighbours([np.array([0, 1, 2]), np.array([1, 2, 0])], 3)
+    session_scores(table, np.array([0, 1], np.int64))
     stock = np.ones(4, np.int32)
     price = np.arange(4, dtype=np.float64)
     category = np.array([0, 1, 0, -1], np.int32)
