@@ -29,6 +29,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import scipy.sparse as sp
 
+from scoring.session_knn import directional_counts
+
 # Defaults chosen by the offline evaluation (benchmarks/evaluation/scoring_level.md).
 DEFAULT_DIM = 64
 DEFAULT_WINDOW = 5          # positions either side that count as co-occurring
@@ -44,19 +46,6 @@ def _noop(stage: str, fraction: float) -> None:  # pragma: no cover - trivial
     return None
 
 
-def _flatten(sessions: Sequence[np.ndarray], n_items: int) -> tuple[np.ndarray, np.ndarray]:
-    """Concatenate sessions into (items, session_ids) int64 arrays, validating the ids."""
-    lengths = np.fromiter((len(s) for s in sessions), dtype=np.int64, count=len(sessions))
-    if lengths.sum() == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    flat = np.concatenate([np.asarray(s, dtype=np.int64).ravel() for s in sessions])
-    if flat.size and (flat.min() < 0 or flat.max() >= n_items):
-        raise ValueError(f"session item indices must lie in [0, {n_items}); got "
-                         f"[{int(flat.min())}, {int(flat.max())}]")
-    sid = np.repeat(np.arange(len(sessions), dtype=np.int64), lengths)
-    return flat, sid
-
-
 def cooccurrence_matrix(sessions: Sequence[np.ndarray], n_items: int, *,
                         window: int = DEFAULT_WINDOW) -> sp.csr_matrix:
     """Symmetric float64 CSR (n_items, n_items) of distance-weighted co-occurrence counts.
@@ -64,31 +53,9 @@ def cooccurrence_matrix(sessions: Sequence[np.ndarray], n_items: int, *,
     For each session and each pair of positions i < j with j - i <= window (window <= 0
     means the whole session), C[a, b] and C[b, a] grow by 1 / (j - i), where a, b are
     the items at i and j. Pairs of the same item are skipped; the diagonal is zero.
+    This is the session-neighbour counting with both directions weighted alike.
     """
-    flat, sid = _flatten(sessions, n_items)
-    if window <= 0:
-        window = int(np.bincount(sid).max()) if sid.size else 1
-    rows, cols, vals = [], [], []
-    for d in range(1, window + 1):
-        if d >= flat.size:
-            break
-        same = sid[:-d] == sid[d:]
-        a = flat[:-d][same]
-        b = flat[d:][same]
-        keep = a != b
-        a, b = a[keep], b[keep]
-        if a.size == 0:
-            continue
-        w = np.full(a.size, 1.0 / d)
-        rows += [a, b]
-        cols += [b, a]
-        vals += [w, w]
-    if not rows:
-        return sp.csr_matrix((n_items, n_items), dtype=np.float64)
-    c = sp.coo_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-                      shape=(n_items, n_items)).tocsr()
-    c.sum_duplicates()
-    return c
+    return directional_counts(sessions, n_items, window=window, backward=1.0, distance_power=1.0)
 
 
 def ppmi(c: sp.csr_matrix, *, cds: float = DEFAULT_CDS, shift: float = 1.0) -> sp.csr_matrix:
