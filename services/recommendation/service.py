@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -174,42 +174,36 @@ class RecommendationService:
 
     # -- catalog -----------------------------------------------------------------------------
     async def upsert(self, products: AsyncIterable[common_pb2.Product]) -> Summary:
-        summary = Summary()
-        seen = 0
-        async for batch in _batches(products, STREAM_BATCH):
-            good = []
-            for product in batch:
-                problem = product_error(product)
-                if problem:
-                    summary.reject(f"product {seen} ({product.product_id[:64]!r})", problem)
-                else:
-                    good.append(product)
-                seen += 1
-            if good:
-                async with self._write_lock:
-                    await asyncio.to_thread(self.catalog.write, good)
-                    self.catalog.apply(good)
-                summary.upserted += len(good)
-        return summary
+        return await self._ingest(products, "product", product_error, self.catalog.write, self.catalog.apply)
 
     async def update_inventory(self, changes: AsyncIterable[StockChange]) -> Summary:
+        def problem_of(change: StockChange) -> str | None:
+            problem = stock_change_error(change)
+            if problem is None and change.product_id not in self.catalog.row_of:
+                problem = "unknown product; upsert it first"
+            return problem
+
+        return await self._ingest(changes, "update", problem_of, self.catalog.write_stock, self.catalog.apply_stock)
+
+    async def _ingest(self, items: AsyncIterable[Any], label: str, problem_of: Callable[[Any], str | None],
+                      write: Callable[[list[Any]], None], apply: Callable[[list[Any]], None]) -> Summary:
+        """Validate a stream in batches; bad items are rejected one by one with their reason, the
+        good ones of each batch are persisted (off the event loop) and then applied to the columns."""
         summary = Summary()
         seen = 0
-        async for batch in _batches(changes, STREAM_BATCH):
+        async for batch in _batches(items, STREAM_BATCH):
             good = []
-            for change in batch:
-                problem = stock_change_error(change)
-                if problem is None and change.product_id not in self.catalog.row_of:
-                    problem = "unknown product; upsert it first"
+            for item in batch:
+                problem = problem_of(item)
                 if problem:
-                    summary.reject(f"update {seen} ({change.product_id[:64]!r})", problem)
+                    summary.reject(f"{label} {seen} ({item.product_id[:64]!r})", problem)
                 else:
-                    good.append(change)
+                    good.append(item)
                 seen += 1
             if good:
                 async with self._write_lock:
-                    await asyncio.to_thread(self.catalog.write_stock, good)
-                    self.catalog.apply_stock(good)
+                    await asyncio.to_thread(write, good)
+                    apply(good)
                 summary.upserted += len(good)
         return summary
 
