@@ -62,7 +62,9 @@ SOURCE_STRATEGY = {SRC_FOR_YOU: "FOR_YOU", SRC_SIMILAR: "SIMILAR", SRC_TOGETHER:
 
 UPSELL_SCAN_MAX = 50_000          # up-sell scores a whole category up to this size, else uses the index
 TRENDING_REFRESH_MS = 1_000       # large catalogs: trending may be this stale (refreshed in the background)
-TRENDING_INLINE_MAX_ITEMS = 100_000  # up to this many products, a request re-ranks trending itself (< 1 ms)
+TRENDING_INLINE_MAX_ITEMS = 20_000   # up to this many products, a request re-ranks trending itself when a count
+#                                     changed; above, the background-refreshed ranking (<= 1 s old) serves:
+#                                     at 100k products the inline re-rank was the top CPU cost under load
 TOGETHER_SCORE_BASE = 1.0         # co-occurrence scores are 1 + w / max w: above any cosine
 
 
