@@ -1,8 +1,8 @@
 """The segment rule language: parse, type-check and compile boolean rules over profile fields.
 
     rule = compile_rule('visit_count >= 3 and context.device_type == "mobile"', schema)
-    rule.matches(record)                 # one profile: record[access.key] for each access
-    rule.evaluate_columns(batch, now_ms) # many profiles: a ColumnBatch of NumPy columns
+    program = compile_program([rule.expr, ...])  # one profile, many rules: one pass (program.py)
+    rule.evaluate_columns(batch, now_ms)         # many profiles, one rule: NumPy columns (vector.py)
 
 Pure Python and NumPy: no grpc, no service imports. See services/segmentation/README.md
 for the grammar and semantics.
@@ -11,24 +11,22 @@ for the grammar and semantics.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
-from typing import Any
 
 import numpy as np
 
 from scoring.rules import ir, vector
 from scoring.rules.checker import check
-from scoring.rules.compiler import compile_predicate
 from scoring.rules.errors import RuleError
-from scoring.rules.ir import NOW_KEY, VT, Access
+from scoring.rules.ir import VT, Access
 from scoring.rules.nodes import Node
 from scoring.rules.parser import parse
+from scoring.rules.program import Program, compile_program
 from scoring.rules.schema import FieldType, Schema
 from scoring.rules.vector import ColumnBatch, ColumnBuilder
 
 __all__ = [
-    "NOW_KEY", "VT", "Access", "ColumnBatch", "ColumnBuilder", "CompiledRule", "FieldType",
-    "RuleError", "Schema", "compile_rule",
+    "VT", "Access", "ColumnBatch", "ColumnBuilder", "CompiledRule", "FieldType", "Program",
+    "RuleError", "Schema", "compile_program", "compile_rule",
 ]
 
 
@@ -38,7 +36,6 @@ class CompiledRule:
     tree: Node
     expr: ir.Expr
     accesses: tuple[Access, ...]
-    matches: Callable[[Mapping[str, Any]], bool]
 
     @property
     def fields(self) -> tuple[str, ...]:
@@ -54,4 +51,4 @@ def compile_rule(source: str, schema: Schema) -> CompiledRule:
     """Parse, check and compile `source`; raises RuleError (with line and column) when it is wrong."""
     tree = parse(source)
     expr = check(tree, schema)
-    return CompiledRule(source, tree, expr, tuple(ir.accesses(expr)), compile_predicate(expr))
+    return CompiledRule(source, tree, expr, tuple(ir.accesses(expr)))

@@ -1,8 +1,8 @@
 """Typed rule tree after checking: what the compiler, the vectorized evaluator and the reference share.
 
 Leaves read an `Access`: one scalar value per profile, named by a stable string key.
-The caller resolves each access for one profile (a record: `record[access.key]`) or for
-a batch of profiles (a column). Every access yields a number (float), a string or a bool.
+The caller resolves each access for one profile (a feature slot of a program) or for a
+batch of profiles (a column). Every access yields a number (float), a string or a bool.
 """
 
 from __future__ import annotations
@@ -19,9 +19,6 @@ class VT(enum.Enum):
     STRING = "string"
     BOOL = "bool"
 
-
-# Special record key holding "now" (epoch ms) for days_since() and friends.
-NOW_KEY = "$now_ms"
 
 
 @dataclasses.dataclass(frozen=True)

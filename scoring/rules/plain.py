@@ -14,7 +14,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from scoring.rules.ir import NOW_KEY, VT, Access
+import numpy as np
+
+from scoring.rules.ir import VT, Access
+from scoring.rules.program import Program
 
 DAY_MS = 86_400_000
 Getter = Callable[[Mapping[str, Any], int], Any]
@@ -65,21 +68,12 @@ def getter(access: Access) -> Getter:
     raise ValueError(f"unknown access kind {kind!r}")
 
 
-class PlainRecord(dict):  # type: ignore[type-arg]
-    """A record over plain data: resolves each access on first use and keeps it."""
-
-    __slots__ = ("data", "getters")
-
-    def __init__(self, data: Mapping[str, Any], now_ms: int, getters: Mapping[str, Getter]) -> None:
-        super().__init__()
-        self[NOW_KEY] = now_ms
-        self.data = data
-        self.getters = getters
-
-    def __missing__(self, key: str) -> Any:
-        value = self[key] = self.getters[key](self.data, self[NOW_KEY])
-        return value
-
-
 def getters_for(accesses: Iterable[Access]) -> dict[str, Getter]:
     return {a.key: getter(a) for a in accesses}
+
+
+def features(program: Program, data: Mapping[str, Any], now_ms: int) -> np.ndarray:
+    """The feature vector of `program` for one profile held as plain data."""
+    numbers = [getter(a)(data, now_ms) for a in program.numbers]
+    strings = [getter(a)(data, now_ms) for a in program.strings]
+    return program.features(numbers, strings)

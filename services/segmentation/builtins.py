@@ -8,6 +8,7 @@ are reserved: a store cannot overwrite or delete them.
 from __future__ import annotations
 
 import dataclasses
+import operator
 
 from services.segmentation import config as cfg
 from vitrine.v1 import common_pb2
@@ -74,6 +75,12 @@ class ContextFamily:
         """The rule EstimateSize uses for `<prefix>:<value>` (no request context in a scan)."""
         return f"last_context.{self.field} == {_quote(value)}"
 
+    def match_rule(self, value: str) -> str:
+        """The rule that is true when Evaluate puts the shopper in `<prefix>:<value>` (a valid value):
+        the request's field, or the profile's last_context one when the request leaves it empty."""
+        q = _quote(value)
+        return f'context.{self.field} == {q} or (context.{self.field} == "" and last_context.{self.field} == {q})'
+
 
 CONTEXT_FAMILIES = (
     ContextFamily("source", "traffic_source", "Traffic source of this visit (context.traffic_source)."),
@@ -106,19 +113,17 @@ def valid_context_value(value: str) -> bool:
     return 0 < len(value) <= cfg.MAX_CONTEXT_VALUE_CHARS and value.isprintable()
 
 
-def _field_value(context: common_pb2.Context, field: str) -> str:
-    if field == "utm.campaign":
-        return context.utm.campaign
-    return getattr(context, field)
+_FAMILY_VALUES = operator.attrgetter(*(f.field for f in CONTEXT_FAMILIES))
+_FAMILY_KEYS = tuple((f.priority, f.prefix + ":") for f in CONTEXT_FAMILIES)
 
 
 def context_segments(profile: common_pb2.Profile, context: common_pb2.Context) -> list[tuple[int, str]]:
     """(priority, segment_id) of the context-derived built-ins: the request context's value, or the
     profile's last_context value when the request leaves that field empty."""
     out = []
-    last = profile.last_context
-    for family in CONTEXT_FAMILIES:
-        value = _field_value(context, family.field) or _field_value(last, family.field)
-        if valid_context_value(value):
-            out.append((family.priority, f"{family.prefix}:{value}"))
+    for (priority, prefix), value, last in zip(_FAMILY_KEYS, _FAMILY_VALUES(context),
+                                               _FAMILY_VALUES(profile.last_context), strict=True):
+        value = value or last
+        if value and len(value) <= cfg.MAX_CONTEXT_VALUE_CHARS and value.isprintable():  # valid_context_value
+            out.append((priority, prefix + value))
     return out

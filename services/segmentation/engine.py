@@ -7,19 +7,21 @@ whole (copy on write), so a request always sees one consistent set of rules and 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import dataclasses
+import functools
 import logging
+import math
 import time
 from collections.abc import AsyncIterable, Callable, Sequence
-from typing import Any
 
 import numpy as np
 
-from scoring.rules import CompiledRule, RuleError, compile_rule
+from scoring.rules import VT, CompiledRule, Program, RuleError, compile_program, compile_rule, ir
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from services.segmentation import builtins
 from services.segmentation import config as cfg
-from services.segmentation.fields import SCHEMA, ColumnExtractor, Resolver
+from services.segmentation.fields import SCHEMA, ColumnExtractor, FeatureReader, reading_order
 from services.segmentation.store import DefinitionStore
 from vitrine.v1 import common_pb2, segment_pb2
 
@@ -56,9 +58,30 @@ class _State:
     segments: dict[str, segment_pb2.Segment]      # store-defined, as stored
     compiled: dict[str, CompiledRule]             # store-defined that compile
     offers: dict[str, segment_pb2.Offer]
-    rules: tuple[tuple[Callable[[Any], bool], int, str], ...]  # (matches, -priority, id), best first
+    rule_ids: tuple[str, ...]                     # segment id of program output i, best first
+    same_priority: dict[int, tuple[int, int]]     # family priority -> outputs [lo, hi) of that priority
+    offer_at: tuple[segment_pb2.Offer | None, ...]  # the offer of program output i (after the rules)
     ranked_offers: tuple[_Offer, ...]             # best first
-    resolver: Resolver
+    program: Program                              # every rule, then every offer's targeting
+    reader: FeatureReader
+
+
+def _targeting(segment_ids: Sequence[str], rules: dict[str, ir.Expr]) -> ir.Expr:
+    """True when one of the segments matches: a rule (the same expression, so the program computes
+    it once) or a context family value. A segment that does not compile matches nobody."""
+    targets = [rules[i] if i in rules else _family_expr(i) for i in dict.fromkeys(segment_ids)]
+    targets = [t for t in targets if t is not None]
+    if not targets:
+        return ir.Const(VT.BOOL, False)
+    return targets[0] if len(targets) == 1 else ir.Or(VT.BOOL, tuple(targets))
+
+
+@functools.lru_cache(maxsize=4096)
+def _family_expr(segment_id: str) -> ir.Expr | None:
+    split = builtins.split_family(segment_id)
+    if split is None or not builtins.valid_context_value(split[1]):
+        return None
+    return compile_rule(split[0].match_rule(split[1]), SCHEMA).expr
 
 
 def rule_error(exc: RuleError, what: str = "rule") -> InvalidArgument:
@@ -120,21 +143,38 @@ class SegmentEngine:
             except RuleError as exc:  # stored under an older schema: keep it, skip it
                 log.error("stored segment %s does not compile (%s); it matches nobody until fixed",
                           segment_id, exc)
-        rules = [(-b.priority, b.segment_id, self._builtin_compiled[b.segment_id]) for b in self.builtin_rules]
-        rules += [(-segments[i].priority, i, c) for i, c in compiled.items()]
+        rules = [(-b.priority, b.segment_id, self._builtin_compiled[b.segment_id].expr) for b in self.builtin_rules]
+        rules += [(-segments[i].priority, i, c.expr) for i, c in compiled.items()]
         rules.sort(key=lambda r: (r[0], r[1]))
-        resolver = Resolver()
-        for _, _, rule in rules:
-            resolver.add(rule.accesses)
-        ranked = sorted(offers.values(), key=lambda o: (-o.priority, o.offer_id))
+        ranks = [p for p, _, _ in rules]
+        ranked = [_Offer(o, frozenset(o.segment_ids), o.starts_ms, o.ends_ms)
+                  for o in sorted(offers.values(), key=lambda o: (-o.priority, o.offer_id))]
+        # One program evaluates every rule and, reusing their instructions, which offers target a
+        # matching segment and are active at `now` (the start..end window; 0 = unbounded).
+        exprs = {i: e for _, i, e in rules}
+        outputs = [e for _, _, e in rules] + [_targeting(o.offer.segment_ids, exprs) for o in ranked]
+        windows = [(-math.inf, math.inf)] * len(rules) + [(o.starts_ms or -math.inf, o.ends_ms or math.inf)
+                                                           for o in ranked]
+        accesses = reading_order(dict.fromkeys(a for e in outputs for a in ir.accesses(e)))
+        program = compile_program(outputs, accesses, windows)
         return _State(
             segments=segments,
             compiled=compiled,
             offers=offers,
-            rules=tuple((c.matches, p, i) for p, i, c in rules),
-            ranked_offers=tuple(_Offer(o, frozenset(o.segment_ids), o.starts_ms, o.ends_ms) for o in ranked),
-            resolver=resolver,
+            rule_ids=tuple(i for _, i, _ in rules),
+            same_priority={f.priority: (bisect.bisect_left(ranks, -f.priority), bisect.bisect_right(ranks, -f.priority))
+                           for f in builtins.CONTEXT_FAMILIES},
+            offer_at=(None,) * len(rules) + tuple(o.offer for o in ranked),
+            ranked_offers=tuple(ranked),
+            program=program,
+            reader=FeatureReader(program),
         )
+
+    async def _rebuild(self, segments: dict[str, segment_pb2.Segment], offers: dict[str, segment_pb2.Offer],
+                       compiled: dict[str, CompiledRule]) -> _State:
+        # Off the event loop: with 1,000 rules compiling the program takes ~50 ms, which would
+        # otherwise stall every Evaluate for as long (in a thread they only share the GIL).
+        return await asyncio.to_thread(self._build, segments, offers, compiled)
 
     # -- rules ------------------------------------------------------------
     def compile(self, rule: str) -> CompiledRule:
@@ -209,7 +249,7 @@ class SegmentEngine:
             segments = {**state.segments, stored.segment_id: stored}
             kept = {k: v for k, v in state.compiled.items() if k != stored.segment_id}
             kept[stored.segment_id] = compiled
-            self._state = self._build(segments, state.offers, kept)
+            self._state = await self._rebuild(segments, state.offers, kept)
         return stored
 
     async def delete_segment(self, segment_id: str) -> bool:
@@ -227,7 +267,7 @@ class SegmentEngine:
                 await asyncio.to_thread(self._store.delete_segment, segment_id)
             segments = {k: v for k, v in state.segments.items() if k != segment_id}
             kept = {k: v for k, v in state.compiled.items() if k != segment_id}
-            self._state = self._build(segments, state.offers, kept)
+            self._state = await self._rebuild(segments, state.offers, kept)
         return True
 
     # -- offers -----------------------------------------------------------
@@ -271,7 +311,7 @@ class SegmentEngine:
             if self._store is not None:
                 await asyncio.to_thread(self._store.put_offer, stored)
             offers = {**state.offers, stored.offer_id: stored}
-            self._state = self._build(state.segments, offers, state.compiled)
+            self._state = await self._rebuild(state.segments, offers, state.compiled)
         return stored
 
     async def delete_offer(self, offer_id: str) -> bool:
@@ -282,7 +322,7 @@ class SegmentEngine:
             if self._store is not None:
                 await asyncio.to_thread(self._store.delete_offer, offer_id)
             offers = {k: v for k, v in state.offers.items() if k != offer_id}
-            self._state = self._build(state.segments, offers, state.compiled)
+            self._state = await self._rebuild(state.segments, offers, state.compiled)
         return True
 
     def list_offers(self, active_only: bool = False, segment_id: str = "") -> list[segment_pb2.Offer]:
@@ -298,17 +338,23 @@ class SegmentEngine:
         profile = profile if profile is not None else _EMPTY_PROFILE
         context = context if context is not None else _EMPTY_CONTEXT
         now = now or self._clock()
-        record = state.resolver.record(profile, context, now)
-        ranked = [(p, i) for matches, p, i in state.rules if matches(record)]
+        hits = state.program.matching(state.reader.read(profile, context, now), now).tolist()
+        split = bisect.bisect_left(hits, len(state.rule_ids))
+        rule_hits = hits[:split]  # outputs are in rank order already
+        ids = list(map(state.rule_ids.__getitem__, rule_hits))
         family = builtins.context_segments(profile, context)
-        if family:
-            ranked += [(-p, i) for p, i in family]
-            ranked.sort()
-        ids = [i for _, i in ranked]
-        matched = frozenset(ids)
-        offers = [o.offer for o in state.ranked_offers  # active(now), inlined: this is the hot path
-                  if o.starts_ms <= now and (not o.ends_ms or now < o.ends_ms) and not o.targets.isdisjoint(matched)]
-        return ids, offers
+        if family:  # merge in by (-priority, id): find the place among the hits (ints), not by tuples
+            places = []
+            for priority, segment_id in family:
+                lo, hi = state.same_priority[priority]
+                at = bisect.bisect_left(rule_hits, lo)
+                while at < split and rule_hits[at] < hi and state.rule_ids[rule_hits[at]] < segment_id:
+                    at += 1
+                places.append((at, -priority, segment_id))
+            places.sort()
+            for at, _, segment_id in reversed(places):
+                ids.insert(at, segment_id)
+        return ids, list(map(state.offer_at.__getitem__, hits[split:]))  # type: ignore[arg-type]
 
     def rule_for_estimate(self, segment_id: str = "", rule: str = "") -> CompiledRule:
         if rule:

@@ -1,9 +1,10 @@
 """The rule schema of Vitrine profiles, and how each rule access reads a Profile/Context message.
 
-`SCHEMA` lists every field a rule may name. `ProfileRecord` is the record a compiled
-rule reads for one shopper: it resolves each access from the protobufs on first use and
-caches it, so 100 rules reading `visit_count` read it once. The meaning of each access
-is the one of `scoring.rules.plain` (tests check the two agree).
+`SCHEMA` lists every field a rule may name. `FeatureReader` reads, for one shopper, every
+access a rule program needs into its feature vector, each once (100 rules reading
+`visit_count` read it once); `ColumnExtractor` reads columns for many shoppers
+(EstimateSize). The meaning of each access is the one of `scoring.rules.plain` (tests
+check that they agree).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from scoring.rules import NOW_KEY, VT, Access, ColumnBatch, FieldType, Schema
+from scoring.rules import VT, Access, ColumnBatch, FieldType, Program, Schema, compile_program, compile_rule
 from scoring.rules.daily import WindowPlan
 from scoring.rules.vector import to_column
 from services.segmentation.config import MAX_EVENT_DAYS
@@ -89,76 +90,37 @@ _DAILY_FIELD = common_pb2.Profile.DESCRIPTOR.fields_by_name["daily_events"].numb
 _DAILY_FIELDS = {f.name: f.number for f in common_pb2.DailyEventCount.DESCRIPTOR.fields}
 
 
-def _quantity(item: common_pb2.CartItem) -> int:
-    return item.quantity if item.quantity > 0 else 1
+def _cart_totals(profile: common_pb2.Profile) -> dict[str, float]:
+    """cart_size and cart_value in one pass over the cart (a quantity of 0 counts 1)."""
+    size = value = 0.0
+    for item in profile.cart:
+        quantity = item.quantity if item.quantity > 0 else 1
+        size += quantity
+        value += item.price * quantity
+    return {"cart_size": size, "cart_value": value}
 
 
-class ProfileRecord(dict):  # type: ignore[type-arg]
-    """One shopper as a rule sees it: `record[access.key]`, resolved lazily from the messages.
+def _cart_size(profile: common_pb2.Profile) -> float:
+    return _cart_totals(profile)["cart_size"]
 
-    List fields used for membership are copied into a frozenset once per record (scanning a
-    protobuf repeated field costs ~0.3 us per element); map entries are read straight from
-    the protobuf map. All `events(...)` windows are computed together, on the
-    first one read, by one pass over the serialized counters (scoring.rules.daily).
-    """
 
-    __slots__ = ("_containers", "context", "profile", "resolver")
+def _cart_value(profile: common_pb2.Profile) -> float:
+    return _cart_totals(profile)["cart_value"]
 
-    def __init__(self, profile: common_pb2.Profile, context: common_pb2.Context, now_ms: int,
-                 resolver: Resolver) -> None:
-        super().__init__()
-        self[NOW_KEY] = now_ms
-        self.profile = profile
-        self.context = context
-        self.resolver = resolver
-        self._containers: dict[str, Any] = {}
 
-    def __missing__(self, key: str) -> Any:
-        value = self[key] = self.resolver.getters[key](self)
-        return value
+def _cart_product_ids(profile: common_pb2.Profile) -> list[str]:
+    return [i.product_id for i in profile.cart]
 
-    def container(self, field: str) -> frozenset[str]:
-        """A list field as a frozenset, built once per record (for membership tests)."""
-        value = self._containers.get(field)
-        if value is None:
-            value = self._containers[field] = frozenset(_raw(field)(self))
-        return value
 
-    def cart(self) -> list[tuple[str, int, float]]:
-        value = self._containers.get("$cart")
-        if value is None:
-            value = self._containers["$cart"] = [(i.product_id, _quantity(i), i.price) for i in self.profile.cart]
-        return value
+_DERIVED: dict[str, Callable[[common_pb2.Profile], Any]] = {
+    "cart_size": _cart_size, "cart_value": _cart_value, "cart_product_ids": _cart_product_ids,
+}
+_DEFAULTS: dict[VT, Any] = {VT.NUMBER: 0.0, VT.STRING: "", VT.BOOL: False}
 
-    def fill_events(self) -> ProfileRecord:
-        """Store every events window the resolver knows into the record.
 
-        Few counters: one Python pass over them. Many: one pass of the compiled kernel over
-        the serialized message (serializing costs less than reading ~20 counters in Python).
-        """
-        resolver = self.resolver
-        today = self[NOW_KEY] // DAY_MS
-        counters = self.profile.daily_events
-        sums = None
-        if len(counters) > KERNEL_MIN_COUNTERS and resolver.plan is not None:
-            sums = resolver.plan.sums(self.profile.SerializeToString(), today)
-        if sums is None:
-            totals = dict.fromkeys(resolver.event_keys, 0)
-            wanted = resolver.event_windows
-            for entry in counters:
-                windows = wanted.get(entry.type)
-                if windows is not None:
-                    day = entry.day
-                    if day <= today:
-                        for key, offset in windows:
-                            if day >= today + offset:
-                                totals[key] += entry.count
-            for key, value in totals.items():
-                self[key] = float(value)
-        else:
-            for key, value in zip(resolver.event_keys, sums.tolist(), strict=True):
-                self[key] = value
-        return self
+def _raw(field: str) -> Callable[[common_pb2.Profile], Any]:
+    """The profile's value of a non-context schema field (a scalar, a repeated field or a map)."""
+    return _DERIVED.get(field) or operator.attrgetter(field)
 
 
 def events_slow(profile: common_pb2.Profile, event: str, days: int, today: int) -> float:
@@ -168,181 +130,137 @@ def events_slow(profile: common_pb2.Profile, event: str, days: int, today: int) 
     return float(sum(e.count for e in profile.daily_events if e.type == code and first <= e.day <= today))
 
 
-class Resolver:
-    """How to read a set of accesses from Profile/Context messages (getters + events windows)."""
+class EventWindows:
+    """Every `events(TYPE, days=N)` window of a rule set, summed in one pass over the counters."""
 
-    def __init__(self, accesses: Iterable[Access] = ()) -> None:
-        self.getters: dict[str, Callable[[ProfileRecord], Any]] = {}
-        self.event_accesses: list[Access] = []
-        self.event_keys: tuple[str, ...] = ()
-        # event type code -> ((key, 1 - days), ...): a counter of that type on `day` counts
-        # for the window when day >= today + 1 - days.
-        self.event_windows: dict[int, tuple[tuple[str, int], ...]] = {}
-        self.plan: WindowPlan | None = None
-        self._accesses: dict[str, Access] = {}
-        self._bulk: list[tuple[bool, tuple[str, ...], Callable[[Any], Any], Callable[[Any], Any] | None]] = []
-        self._map_entries: list[tuple[Callable[[Any], Any], list[tuple[str, Any, Any, Callable[[Any], Any]]]]] = []
-        self.add(accesses)
+    def __init__(self, accesses: Iterable[Access]) -> None:
+        self.accesses = tuple(a for a in accesses if a.kind == "events")
+        # event type code -> ((position, 1 - days), ...): a counter of that type on `day` counts
+        # for the window when today + 1 - days <= day <= today.
+        windows: dict[int, list[tuple[int, int]]] = {}
+        for i, a in enumerate(self.accesses):
+            windows.setdefault(common_pb2.EventType.Value(a.field), []).append((i, 1 - a.arg))  # type: ignore[operator]
+        self.windows = {code: tuple(w) for code, w in windows.items()}
+        self.plan = WindowPlan(
+            field=_DAILY_FIELD, day_field=_DAILY_FIELDS["day"], type_field=_DAILY_FIELDS["type"],
+            count_field=_DAILY_FIELDS["count"],
+            types=np.array([common_pb2.EventType.Value(a.field) for a in self.accesses], dtype=np.int64),
+            days=np.array([a.arg for a in self.accesses], dtype=np.int64),
+        ) if self.accesses else None
 
-    def add(self, accesses: Iterable[Access]) -> None:
-        new_events = False
-        for access in accesses:
-            if access.key in self.getters:
-                continue
-            self._accesses[access.key] = access
-            if access.kind == "events":
-                self.event_accesses.append(access)
-                self.getters[access.key] = _events_getter(access.key)
-                new_events = True
-            else:
-                self.getters[access.key] = getter(access)
-        self._plan_bulk()
-        if new_events:
-            self.event_keys = tuple(a.key for a in self.event_accesses)
-            windows: dict[int, list[tuple[str, int]]] = {}
-            for a in self.event_accesses:
-                windows.setdefault(common_pb2.EventType.Value(a.field), []).append((a.key, 1 - a.arg))  # type: ignore[operator]
-            self.event_windows = {code: tuple(w) for code, w in windows.items()}
-            self.plan = WindowPlan(
-                field=_DAILY_FIELD, day_field=_DAILY_FIELDS["day"], type_field=_DAILY_FIELDS["type"],
-                count_field=_DAILY_FIELDS["count"],
-                types=np.array([common_pb2.EventType.Value(a.field) for a in self.event_accesses]),
-                days=np.array([a.arg for a in self.event_accesses]),
-            )
-
-    def record(self, profile: common_pb2.Profile, context: common_pb2.Context, now_ms: int) -> ProfileRecord:
-        """A record with every plain scalar field and map entry already read, in bulk (one C-level
-        attrgetter call per message and type instead of one getter call per field); the
-        rest (lists, cart, events) is resolved on first use."""
-        record = ProfileRecord(profile, context, now_ms, self)
-        for on_context, keys, get, convert in self._bulk:
-            values = get(context if on_context else profile)
-            record.update(zip(keys, map(convert, values) if convert else values, strict=True))
-        for get_map, entries in self._map_entries:
-            mapping = get_map(profile)
-            for key, entry, default, convert in entries:
-                record[key] = convert(mapping.get(entry, default))
-        return record
-
-    def _plan_bulk(self) -> None:
-        groups: dict[tuple[bool, VT], list[Access]] = {}
-        maps: dict[str, list[Access]] = {}
-        for key in self.getters:
-            access = self._accesses[key]
-            if access.kind == "field" and access.field not in _DERIVED:
-                on_context = access.field.startswith("context.")
-                groups.setdefault((on_context, access.type), []).append(access)
-            elif access.kind == "key":
-                maps.setdefault(access.field, []).append(access)
-        self._bulk = []
-        for (on_context, t), accesses in groups.items():
-            paths = [a.field.removeprefix("context.") if on_context else a.field for a in accesses]
-            one = operator.attrgetter(*paths)
-            get = one if len(paths) > 1 else (lambda m, one=one: (one(m),))
-            convert = float if t is VT.NUMBER else bool if t is VT.BOOL else None
-            self._bulk.append((on_context, tuple(a.key for a in accesses), get, convert))
-        self._map_entries = [
-            (operator.attrgetter(field), [(a.key, a.arg, 0.0 if a.type is VT.NUMBER else "",
-                                           float if a.type is VT.NUMBER else str) for a in accesses])
-            for field, accesses in maps.items()
-        ]
+    def sums(self, profile: common_pb2.Profile, now_ms: int) -> list[float]:
+        """Few counters: one Python pass over them. Many: one pass of the compiled kernel over the
+        serialized message (serializing costs less than reading ~20 counters in Python)."""
+        today = now_ms // DAY_MS
+        counters = profile.daily_events
+        if len(counters) > KERNEL_MIN_COUNTERS and self.plan is not None:
+            sums = self.plan.sums(profile.SerializeToString(), today)
+            if sums is not None:
+                return sums
+        totals = [0] * len(self.accesses)
+        windows = self.windows
+        for entry in counters:
+            wanted = windows.get(entry.type)
+            if wanted is not None:
+                day = entry.day
+                if day <= today:
+                    for i, offset in wanted:
+                        if day >= today + offset:
+                            totals[i] += entry.count
+        return totals  # type: ignore[return-value]
 
 
-def _events_getter(key: str) -> Callable[[ProfileRecord], Any]:
-    return lambda r: dict.__getitem__(r.fill_events(), key)
+Part = Callable[[common_pb2.Profile, common_pb2.Context, int], Sequence[Any]]
 
 
-def _cart_size(r: ProfileRecord) -> float:
-    return float(sum(q for _, q, _ in r.cart()))
+def _group(access: Access) -> tuple[str, str]:
+    """Accesses of one group are read together by one part (see FeatureReader)."""
+    if access.kind == "field":
+        if access.field.startswith("context."):
+            return "context", ""
+        return ("cart", "") if access.field in _DERIVED else ("profile", "")
+    if access.kind in ("events", "size"):
+        return access.kind, ""
+    return access.kind, access.field
 
 
-def _cart_value(r: ProfileRecord) -> float:
-    return float(sum(price * q for _, q, price in r.cart()))
+def reading_order(accesses: Iterable[Access]) -> list[Access]:
+    """Accesses sorted so that each group is contiguous: the slot order FeatureReader reads fastest."""
+    return sorted(accesses, key=_group)
 
 
-def _cart_product_ids(r: ProfileRecord) -> list[str]:
-    return [product_id for product_id, _, _ in r.cart()]
-
-
-_DERIVED: dict[str, Callable[[ProfileRecord], Any]] = {
-    "cart_size": _cart_size, "cart_value": _cart_value, "cart_product_ids": _cart_product_ids,
-}
-
-
-def _raw(field: str) -> Callable[[ProfileRecord], Any]:
-    """The raw message value of a schema field (a scalar, a repeated field or a map)."""
-    if field in _DERIVED:
-        return _DERIVED[field]
-    if field.startswith("context."):
-        get_c = operator.attrgetter(field.removeprefix("context."))
-        return lambda r: get_c(r.context)
-    get_p = operator.attrgetter(field)
-    return lambda r: get_p(r.profile)
-
-
-def _scalar_getter(field: str, t: VT) -> Callable[[ProfileRecord], Any]:
-    """One closure per scalar field, straight to the message attribute (the hot case)."""
-    if field in _DERIVED:
-        derive = _DERIVED[field]
-        return derive if t is not VT.BOOL else (lambda r: bool(derive(r)))
-    on_context = field.startswith("context.")
-    get = operator.attrgetter(field.removeprefix("context.") if on_context else field)
-    if on_context:
-        if t is VT.NUMBER:
-            return lambda r: float(get(r.context))
-        if t is VT.BOOL:
-            return lambda r: bool(get(r.context))
-        return lambda r: get(r.context)
-    if t is VT.NUMBER:
-        return lambda r: float(get(r.profile))
-    if t is VT.BOOL:
-        return lambda r: bool(get(r.profile))
-    return lambda r: get(r.profile)
-
-
-def getter(access: Access) -> Callable[[ProfileRecord], Any]:
-    kind, field, arg, t = access.kind, access.field, access.arg, access.type
-    if kind == "field":
-        return _scalar_getter(field, t)
-    raw = _raw(field)
-    if kind == "key":  # straight on the protobuf map: cheaper than copying it for < ~25 lookups
-        if t is VT.NUMBER:
-            return lambda r: float(raw(r).get(arg, 0.0))
-        return lambda r: raw(r).get(arg, "")
-    if kind == "index":
-        def element(r: ProfileRecord) -> str:
-            items = raw(r)
-            return items[arg] if arg < len(items) else ""  # type: ignore[operator]
-        return element
-    if kind == "contains":
-        if SCHEMA.fields[field] is FieldType.STRING_LIST:
-            return lambda r: arg in r.container(field)  # a list scan is slow: one frozenset per record
-        return lambda r: arg in raw(r)
+def _part(group: tuple[str, str], accesses: Sequence[Access]) -> Part:
+    kind, field = group
+    if kind in ("profile", "context"):
+        on_context = kind == "context"
+        paths = [a.field.removeprefix("context.") for a in accesses]
+        one = operator.attrgetter(*paths)
+        get = one if len(paths) > 1 else (lambda m: (one(m),))
+        return (lambda p, c, now: get(c)) if on_context else (lambda p, c, now: get(p))
+    if kind == "cart":
+        names = [a.field for a in accesses]
+        return lambda p, c, now: [totals[n] for totals in (_cart_totals(p),) for n in names]
+    if kind == "events":
+        windows = EventWindows(accesses)
+        return lambda p, c, now: windows.sums(p, now)
     if kind == "size":
-        return lambda r: float(len(raw(r)))
+        raws = [_raw(a.field) for a in accesses]
+        return lambda p, c, now: [len(raw(p)) for raw in raws]
+    raw = _raw(field)
+    args = [a.arg for a in accesses]
+    if kind == "key":  # straight on the protobuf map: cheaper than copying it for < ~25 lookups
+        default = _DEFAULTS[accesses[0].type]
+        return lambda p, c, now: [m.get(k, default) for m in (raw(p),) for k in args]
+    if kind == "index":
+        return lambda p, c, now: [items[i] if i < len(items) else "" for items in (raw(p),) for i in args]
+    if kind == "contains":
+        if SCHEMA.fields[field] is FieldType.STRING_LIST and len(args) > 1:
+            # Scanning a repeated field costs ~0.3 us per element: one frozenset for all the tests.
+            return lambda p, c, now: [k in items for items in (frozenset(raw(p)),) for k in args]
+        return lambda p, c, now: [k in items for items in (raw(p),) for k in args]
     raise ValueError(f"unknown access kind {kind!r}")
 
 
-_EMPTY_CONTEXT = common_pb2.Context()
+def _parts(accesses: Sequence[Access]) -> tuple[Part, ...]:
+    """One part per run of consecutive accesses of the same group."""
+    return tuple(_part(group, list(run)) for group, run in itertools.groupby(accesses, key=_group))
+
+
+class FeatureReader:
+    """Reads a rule program's feature vector from Profile/Context messages, with the meaning of
+    scoring.rules.plain: scalars with one C-level attrgetter call per message and type, map
+    entries straight from the protobuf map, list membership through one frozenset per list,
+    all events windows in one pass. Build the program over `reading_order(...)` so that each
+    part reads a contiguous run of slots."""
+
+    def __init__(self, program: Program) -> None:
+        self.program = program
+        self._numbers = _parts(program.numbers)
+        self._strings = _parts(program.strings)
+
+    def read(self, profile: common_pb2.Profile, context: common_pb2.Context, now_ms: int) -> np.ndarray:
+        numbers: list[Any] = []
+        for part in self._numbers:
+            numbers += part(profile, context, now_ms)
+        strings: list[Any] = []
+        for part in self._strings:
+            strings += part(profile, context, now_ms)
+        return self.program.features(numbers, strings)
 
 
 def _batch_values(access: Access) -> Callable[[Sequence[common_pb2.Profile]], Iterable[Any]]:
     """Column values of one access for many profiles (no request context: a scan), with the same
-    meaning as the record getters; one comprehension per access instead of a record per profile."""
+    meaning as FeatureReader; one comprehension per access."""
     kind, field, arg, t = access.kind, access.field, access.arg, access.type
     if field.startswith("context."):
-        constant = getter(access)(ProfileRecord(common_pb2.Profile(), _EMPTY_CONTEXT, 0, Resolver()))
-        return lambda chunk: itertools.repeat(constant, len(chunk))
-    if field in _DERIVED:
-        one, plain = getter(access), Resolver()
-        return lambda chunk: [one(ProfileRecord(p, _EMPTY_CONTEXT, 0, plain)) for p in chunk]
-    get = operator.attrgetter(field)
+        return lambda chunk: itertools.repeat(_DEFAULTS[t], len(chunk))
+    get = _raw(field)
     if kind == "field":
         if t is VT.BOOL:
             return lambda chunk: [bool(get(p)) for p in chunk]
         return lambda chunk: map(get, chunk)  # numbers become float64 in the column
     if kind == "key":
-        default: Any = 0.0 if t is VT.NUMBER else ""
+        default: Any = _DEFAULTS[t]
         return lambda chunk: [get(p).get(arg, default) for p in chunk]
     if kind == "index":
         def elements(chunk: Sequence[common_pb2.Profile]) -> list[str]:
@@ -364,7 +282,7 @@ class ColumnExtractor:
 
     def __init__(self, accesses: Sequence[Access]) -> None:
         self.accesses = tuple(accesses)
-        self.events = Resolver([a for a in self.accesses if a.kind == "events"])
+        self.events = EventWindows(self.accesses)
         self.values = {a.key: _batch_values(a) for a in self.accesses if a.kind != "events"}
 
     def batch(self, chunk: Sequence[common_pb2.Profile | bytes], now_ms: int) -> ColumnBatch:
@@ -383,7 +301,7 @@ class ColumnExtractor:
         if plan is not None:
             today = now_ms // DAY_MS
             sums = plan.sums_many([p if isinstance(p, bytes) else p.SerializeToString() for p in chunk], today)
-            for i, access in enumerate(self.events.event_accesses):
+            for i, access in enumerate(self.events.accesses):
                 column = columns[access.key] = np.ascontiguousarray(sums[:, i])
                 for row in np.flatnonzero(np.isnan(column)):  # malformed bytes: decode, or fail loudly
                     item = chunk[row]
@@ -393,16 +311,16 @@ class ColumnExtractor:
 
 
 def warm_up() -> None:
-    """Run every path once (record getters, both events paths, column extraction) so the first
-    request pays no lazy initialisation; the Numba kernels load from their cache at import."""
-    from scoring.rules import compile_rule
-
+    """Run every path once (feature parts, both events paths, the program kernel, column extraction)
+    so the first request pays no lazy initialisation; the Numba kernels load from their cache."""
     rule = compile_rule('events("PURCHASE", days=30) >= 0 and category_affinity["x"] >= 0 and "p" in '
                         'purchased_product_ids and context.country == "" and cart_size >= 0', SCHEMA)
+    program = compile_program([rule.expr], reading_order(rule.accesses))
+    reader = FeatureReader(program)
     profile = common_pb2.Profile(purchased_product_ids=["p"], cart=[common_pb2.CartItem(product_id="p")])
     for day in range(KERNEL_MIN_COUNTERS + 1):
         profile.daily_events.add(day=day, type=common_pb2.PURCHASE, count=1)
     for p in (profile, common_pb2.Profile()):
-        rule.matches(Resolver(rule.accesses).record(p, _EMPTY_CONTEXT, 30 * DAY_MS))
+        program.matching(reader.read(p, common_pb2.Context(), 30 * DAY_MS), 30 * DAY_MS)
     rule.evaluate_columns(ColumnExtractor(rule.accesses).batch([profile, common_pb2.Profile()], 30 * DAY_MS),
                           30 * DAY_MS)

@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from scoring.rules import ColumnBuilder, CompiledRule, FieldType, Schema, compile_rule
-from scoring.rules.plain import PlainRecord, getters_for
+from scoring.rules import ColumnBuilder, CompiledRule, FieldType, Schema, compile_program, compile_rule
+from scoring.rules.plain import features, getters_for
 from scoring.rules.reference import interpret
 
 SCHEMA = Schema(
@@ -41,8 +41,15 @@ def compile_(rule: str) -> CompiledRule:
 
 
 def matches(rule: str | CompiledRule, data: Mapping[str, Any], now: int = NOW) -> bool:
-    compiled = compile_(rule) if isinstance(rule, str) else rule
-    return compiled.matches(PlainRecord(data, now, getters_for(compiled.accesses)))
+    """One rule through the program evaluator (the production path for one shopper)."""
+    return program_matches([compile_(rule) if isinstance(rule, str) else rule], data, now) == [True]
+
+
+def program_matches(rules: Sequence[CompiledRule], data: Mapping[str, Any], now: int = NOW) -> list[bool]:
+    """Every rule in one program over plain data."""
+    program = compile_program([r.expr for r in rules])
+    hits = set(program.matching(features(program, data, now), now).tolist())
+    return [i in hits for i in range(len(rules))]
 
 
 def reference(rule: CompiledRule, data: Mapping[str, Any], now: int = NOW) -> bool:
@@ -53,6 +60,15 @@ def vectorized(rule: CompiledRule, rows: Sequence[Mapping[str, Any]], now: int =
     getters = getters_for(rule.accesses)
     builder = ColumnBuilder(rule.accesses)
     for data in rows:
-        record = PlainRecord(data, now, getters)
-        builder.append([record[a.key] for a in rule.accesses])
+        builder.append([getters[a.key](data, now) for a in rule.accesses])
     return rule.evaluate_columns(builder.finish(), now)
+
+
+def message_matches(rules: Sequence[CompiledRule], profile: Any, context: Any, now: int = NOW) -> list[bool]:
+    """Rules compiled against the service schema, in one program over Profile/Context messages."""
+    from services.segmentation.fields import FeatureReader, reading_order
+
+    program = compile_program([r.expr for r in rules],
+                              reading_order(dict.fromkeys(a for r in rules for a in r.accesses)))
+    hits = set(program.matching(FeatureReader(program).read(profile, context, now), now).tolist())
+    return [i in hits for i in range(len(rules))]

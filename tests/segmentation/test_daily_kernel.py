@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from scoring.rules import compile_rule
 from scoring.rules.daily import WindowPlan, window_sums_reference
-from services.segmentation.fields import KERNEL_MIN_COUNTERS, SCHEMA, Resolver, events_slow
+from services.segmentation.fields import KERNEL_MIN_COUNTERS, SCHEMA, EventWindows, events_slow
 from vitrine.v1 import common_pb2 as c
 
 TODAY = 20_415
@@ -36,7 +36,7 @@ def test_kernel_matches_reference(rows: list[tuple[int, int, int]], wanted: list
     plan = WindowPlan(**PLAN, types=types, days=days)
     got = plan.sums(profile_of(rows).SerializeToString(), today)
     assert got is not None
-    assert got.tolist() == window_sums_reference(rows, types, days, today).tolist()
+    assert got == window_sums_reference(rows, types, days, today).tolist()
 
 
 @pytest.mark.parametrize("bad", [b"\xc2\x01\x05\x08", b"\xc2\x01\x02\x08\xff", b"\xff" * 11, b"\x0b"])
@@ -53,11 +53,11 @@ def test_plan_validates_its_queries() -> None:
 @settings(max_examples=100, deadline=None)
 @given(rows=st.lists(st.tuples(st.integers(TODAY - 100, TODAY + 2), st.integers(1, 11), st.integers(0, 50)),
                      min_size=0, max_size=3 * KERNEL_MIN_COUNTERS))
-def test_record_events_agree_on_both_paths(rows: list[tuple[int, int, int]]) -> None:
+def test_events_windows_agree_on_both_paths(rows: list[tuple[int, int, int]]) -> None:
     rule = compile_rule(" or ".join(f'events("{kind}", days={days}) > 0' for kind in ("PURCHASE", "PAGE_VIEW", "SEARCH")
                                     for days in (1, 7, 30, 90, 365)), SCHEMA)
-    resolver = Resolver(rule.accesses)
+    windows = EventWindows(rule.accesses)
     profile = profile_of(rows)
-    record = resolver.record(profile, c.Context(), NOW)
-    for access in rule.accesses:
-        assert record[access.key] == events_slow(profile, access.field, access.arg, TODAY), access.key
+    sums = windows.sums(profile, NOW)
+    for access, value in zip(windows.accesses, sums, strict=True):
+        assert value == events_slow(profile, access.field, access.arg, TODAY), access.key

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from services.segmentation import builtins
 from services.segmentation import config as cfg
 from services.segmentation.engine import SegmentEngine
 from services.segmentation.store import DefinitionStore
@@ -98,6 +99,32 @@ async def test_evaluate_orders_store_and_builtin_segments_by_priority_then_id() 
     # a replaced rule takes effect at once
     await engine.put_segment(s.Segment(segment_id="top", rule='context.device_type == "tablet"', priority=999))
     assert "top" not in engine.evaluate(c.Profile(), c.Context(device_type="mobile"), NOW)[0]
+
+
+async def test_context_families_rank_among_store_segments_of_the_same_priority() -> None:
+    engine = make_engine()
+    priorities = {f.prefix: f.priority for f in builtins.CONTEXT_FAMILIES}
+    for segment_id, priority in (("geo:", priorities["geo"]), ("device:", priorities["device"])):
+        for name in ("a", "zz"):  # ids just before and after the family id at the same priority
+            await engine.put_segment(s.Segment(segment_id=f"{name}-{segment_id[:-1]}", rule="true",
+                                               priority=priority))
+    ids, _ = engine.evaluate(c.Profile(last_context=c.Context(country="FR")), c.Context(device_type="mobile"), NOW)
+    assert ids[-6:] == ["a-geo", "geo:FR", "zz-geo", "a-device", "device:mobile", "zz-device"]
+
+
+async def test_offers_targeting_a_family_follow_the_last_context_fallback() -> None:
+    engine = make_engine()
+    await engine.put_offer(offer("fr", "geo:FR"))
+    await engine.put_offer(offer("fr-or-vip", "vip", "geo:FR", priority=3))
+    await engine.put_offer(offer("de", "geo:DE", priority=2))
+    profile = c.Profile(last_context=c.Context(country="FR"))
+    for context, geo, expected in ((c.Context(), ["geo:FR"], ["fr-or-vip", "fr"]),
+                                   (c.Context(country="FR"), ["geo:FR"], ["fr-or-vip", "fr"]),
+                                   (c.Context(country="DE"), ["geo:DE"], ["de"]),
+                                   (c.Context(country="X" * 65), [], [])):  # too long: no segment, no offer
+        ids, offers = engine.evaluate(profile, context, NOW)
+        assert [i for i in ids if i.startswith("geo:")] == geo, context
+        assert [o.offer_id for o in offers] == expected, context
 
 
 def offer(offer_id: str, *segment_ids: str, priority: int = 0, starts: int = 0, ends: int = 0) -> s.Offer:

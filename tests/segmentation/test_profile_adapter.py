@@ -9,10 +9,11 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from scoring.rules import compile_rule
-from scoring.rules.plain import PlainRecord, getters_for
+from scoring.rules import compile_program, compile_rule
+from scoring.rules.plain import features
 from services.segmentation.engine import count_matching
-from services.segmentation.fields import SCHEMA, Resolver
+from services.segmentation.fields import SCHEMA, FeatureReader, reading_order
+from tests.segmentation.rules_support import message_matches
 from vitrine.v1 import common_pb2 as c
 
 NOW = 1_763_900_000_000
@@ -20,7 +21,7 @@ DAY = 86_400_000
 TODAY = NOW // DAY
 EVENT_NAMES = {v.number: v.name for v in c.EventType.DESCRIPTOR.values}
 
-words = st.sampled_from(["", "a", "mobile", "FR", "p1", "p2", "email", "spring"])
+words = st.sampled_from(["", "a", "mobile", "FR", "p1", "p2", "email", "spring", "zz", "q"])
 counts = st.integers(0, 9)
 money = st.floats(0, 1e4, allow_nan=False)
 stamps = st.one_of(st.just(0), st.integers(NOW - 120 * DAY, NOW))
@@ -54,6 +55,8 @@ RULES = [
     'cart_size >= 2 and cart_value > 1000 and "p1" in cart_product_ids',
     "rfm.r_score + rfm.f_score + rfm.m_score >= 10",
     'last_context.country in ["FR", "a"] and first_context.device_type != "mobile"',
+    "customer_id == user_id or context.country == last_context.country",  # unknown strings compared
+    'recently_viewed[1] == traits["gender"] and size(purchased_product_ids) > 1 and not has(traits["tier"])',
     'context.device_type == "mobile" and context.utm.campaign == "spring"',
     "consent.marketing and consent.updated_ms > 0 and size(traits) >= 1",
     "last_context.screen_width * 2 > 9 and has(last_context.utm.campaign)",
@@ -92,16 +95,21 @@ def to_plain(profile: c.Profile, context: c.Context) -> dict[str, Any]:
     }
 
 
+# Every rule alone, and all of them in one program (shared features, grouped reading order).
+PROGRAMS = [compile_program([r.expr], reading_order(r.accesses)) for r in compiled_rules] + [
+    compile_program([r.expr for r in compiled_rules],
+                    reading_order(dict.fromkeys(a for r in compiled_rules for a in r.accesses)))]
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(profile=profiles, context=contexts)
 def test_message_accesses_mean_what_plain_accesses_mean(profile: c.Profile, context: c.Context) -> None:
     plain = to_plain(profile, context)
-    for rule in compiled_rules:
-        from_message = Resolver(rule.accesses).record(profile, context, NOW)
-        from_plain = PlainRecord(plain, NOW, getters_for(rule.accesses))
-        for access in rule.accesses:
-            assert from_message[access.key] == from_plain[access.key], (rule.source, access.key)
-        assert rule.matches(from_message) == rule.matches(from_plain)
+    for program in PROGRAMS:
+        from_message = FeatureReader(program).read(profile, context, NOW)
+        from_plain = features(program, plain, NOW)
+        assert from_message.tolist() == from_plain.tolist(), [a.key for a in program.numbers + program.strings]
+        assert program.matching(from_message, NOW).tolist() == program.matching(from_plain, NOW).tolist()
 
 
 async def _stream(items: list[c.Profile], as_bytes: list[bool]) -> AsyncIterator[c.Profile | bytes]:
@@ -115,7 +123,6 @@ async def _stream(items: list[c.Profile], as_bytes: list[bool]) -> AsyncIterator
 async def test_vectorized_estimate_agrees_with_per_profile_evaluation(
         batch: list[c.Profile], rule_index: int, chunk: int, as_bytes: list[bool]) -> None:
     rule = ([*compiled_rules, EVENTS_ONLY, NOTHING])[rule_index]
-    resolver = Resolver(rule.accesses)
-    expected = sum(rule.matches(resolver.record(p, c.Context(), NOW)) for p in batch)
+    expected = sum(message_matches([rule], p, c.Context(), NOW)[0] for p in batch)
     got = await count_matching(rule, _stream(batch, as_bytes), NOW, chunk_rows=chunk)
     assert got == (expected, len(batch)), rule.source

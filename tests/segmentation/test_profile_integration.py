@@ -14,7 +14,8 @@ import pytest
 from scoring.rules import compile_rule
 from services.segmentation.app import build_service
 from services.segmentation.config import SegmentationConfig
-from services.segmentation.fields import SCHEMA, Resolver
+from services.segmentation.fields import SCHEMA
+from tests.segmentation.rules_support import message_matches
 from tests.support import assert_status, channel_to, serving
 from vitrine.v1 import common_pb2 as c
 from vitrine.v1 import profile_pb2, profile_pb2_grpc, segment_pb2, segment_pb2_grpc
@@ -94,8 +95,7 @@ async def test_estimate_size_scans_every_profile_shard(tmp_path: Path) -> None:
                 source = rule if " " in rule else next(b.rule for b in running.service.engine.builtin_rules
                                                        if b.segment_id == rule)
                 compiled = compile_rule(source, SCHEMA)
-                resolver = Resolver(compiled.accesses)
-                expected = sum(compiled.matches(resolver.record(p, c.Context(), now)) for p in profiles)
+                expected = sum(message_matches([compiled], p, c.Context(), now)[0] for p in profiles)
                 assert await estimate(**target) == (expected, 8), rule
 
     # shards gone: no estimate rather than a wrong one

@@ -83,7 +83,6 @@ SHOPPER = {
 ])
 def test_rules_on_one_shopper(rule: str, expected: bool) -> None:
     compiled = compile_(rule)
-    assert compiled.matches.__call__ is not None
     assert matches(compiled, SHOPPER) is expected
     assert reference(compiled, SHOPPER) is expected
     assert vectorized(compiled, [SHOPPER, SHOPPER]).tolist() == [expected, expected]
