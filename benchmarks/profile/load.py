@@ -97,9 +97,35 @@ def make_events(n: int, users: int, prefix: str, now_ms: int, seed: int) -> list
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    """User + system CPU time of a process so far (Linux /proc); 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def child_pids(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return out
+
+
+def tree_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds of the server and each of its child processes (the writer process)."""
+    return {p: cpu_seconds(p) for p in (pid, *child_pids(pid))}
+
+
+def cpu_since(before: dict[int, float], pid: int) -> tuple[float, str]:
+    """Server CPU (all its processes) since `before`, and a per-process breakdown."""
+    after = tree_cpu(pid)
+    used = {p: after[p] - before.get(p, 0.0) for p in after}
+    parts = ", ".join(f"{'service' if p == pid else 'writer'} {c:.1f} s" for p, c in used.items())
+    return sum(used.values()), parts
 
 
 def disk_usage(path: str) -> int:
@@ -115,7 +141,7 @@ async def run(args: argparse.Namespace) -> None:
     data_dir = tempfile.mkdtemp(prefix="vitrine-profile-load-")
     port = free_port()
     try:
-        with profile_server(data_dir, port) as proc:
+        with profile_server(data_dir, port, *args.server_arg) as proc:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
                 stub = profile_pb2_grpc.ProfileServiceStub(channel)
                 await wait_ready(stub)
@@ -131,15 +157,21 @@ async def run(args: argparse.Namespace) -> None:
                     "/vitrine.v1.ProfileService/TrackStream",
                     request_serializer=None, response_deserializer=profile_pb2.TrackSummary.FromString,
                 )
-                started, cpu0 = time.perf_counter(), cpu_seconds(proc.pid)
+                started, cpu0, own0 = time.perf_counter(), tree_cpu(proc.pid), os.times()
                 summaries = await asyncio.gather(*(track_stream(iter(b), timeout=600) for b in batches))
-                elapsed, cpu = time.perf_counter() - started, cpu_seconds(proc.pid) - cpu0
+                elapsed = time.perf_counter() - started
+                cpu, parts = cpu_since(cpu0, proc.pid)
+                own1 = os.times()
+                client_cpu = own1.user + own1.system - own0.user - own0.system
                 accepted = sum(s.accepted for s in summaries)
                 print(f"TrackStream: {accepted} events in {elapsed:.2f} s over {args.streams} streams = "
-                      f"{accepted / elapsed:,.0f} events/s (durable); server CPU {cpu:.1f} s = "
+                      f"{accepted / elapsed:,.0f} events/s (durable); server CPU {cpu:.1f} s ({parts}) = "
                       f"{accepted / max(cpu, 1e-9):,.0f} events per server CPU-second, "
-                      f"{cpu / elapsed:.2f} cores used; load average {os.getloadavg()[0]:.1f}")
+                      f"{cpu / elapsed:.2f} cores used; client CPU {client_cpu:.1f} s; "
+                      f"load average {os.getloadavg()[0]:.1f}")
 
+                if args.skip_latency:
+                    return
                 # Track latency, one call at a time.
                 events = make_events(args.calls, args.users, "tr", now, 99)
                 samples = []
@@ -161,9 +193,10 @@ async def run(args: argparse.Namespace) -> None:
                         await stub.Track(profile_pb2.TrackRequest(event=ev), timeout=10)
                         samples.append(time.perf_counter() - t)
 
-                started, cpu0 = time.perf_counter(), cpu_seconds(proc.pid)
+                started, cpu0 = time.perf_counter(), tree_cpu(proc.pid)
                 await asyncio.gather(*(one(ev) for ev in events))
-                elapsed, cpu = time.perf_counter() - started, cpu_seconds(proc.pid) - cpu0
+                elapsed = time.perf_counter() - started
+                cpu, _ = cpu_since(cpu0, proc.pid)
                 p50, p99 = percentiles(samples)
                 print(f"Track ({args.concurrency} concurrent, {len(samples)} calls): p50 {p50:.2f} ms, "
                       f"p99 {p99:.2f} ms, {len(samples) / elapsed:,.0f} calls/s; "
@@ -195,6 +228,9 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=20_000, help="distinct shoppers")
     parser.add_argument("--calls", type=int, default=2_000, help="Track / GetProfile calls for latency")
     parser.add_argument("--concurrency", type=int, default=32, help="concurrent Track calls")
+    parser.add_argument("--server-arg", action="append", default=[],
+                        help="extra flag for the server, e.g. --server-arg=--no-writer-process (repeatable)")
+    parser.add_argument("--skip-latency", action="store_true", help="TrackStream only")
     args = parser.parse_args()
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     asyncio.run(run(args))

@@ -14,6 +14,7 @@ from services.profile.engine import ProfileEngine
 from services.profile.fold import DAY_MS, FoldSettings
 from services.profile.servicer import ProfileServicer
 from services.profile.store import LmdbProfileStore
+from services.profile.writer import WriterProcess
 from vitrine.v1 import profile_pb2, profile_pb2_grpc
 
 
@@ -31,10 +32,13 @@ class ProfileService:
             return LmdbProfileStore(Path(config.data_dir) / SERVICE_NAME, map_size_mb=config.map_size_mb,
                                     sync=config.sync, settings=settings)
 
+        writer = WriterProcess(Path(config.data_dir) / SERVICE_NAME, map_size_mb=config.map_size_mb,
+                               sync=config.sync, settings=settings,
+                               log_level=config.log_level) if config.writer_process else None
         self.engine = ProfileEngine(open_store, retention_days=config.retention_days,
                                     idempotency_ttl_hours=config.idempotency_ttl_hours,
                                     batch_max_events=config.batch_max_events,
-                                    purge_interval_seconds=config.purge_interval_seconds)
+                                    purge_interval_seconds=config.purge_interval_seconds, writer=writer)
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         profile_pb2_grpc.add_ProfileServiceServicer_to_server(ProfileServicer(self.engine), server)

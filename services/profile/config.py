@@ -43,12 +43,15 @@ DEFAULT_AFFINITY_HALF_LIFE_DAYS = 14.0
 RFM_REFRESH_SECONDS = 1.0           # quantile boundaries are recomputed at most this often
 
 # Ingest.
-DEFAULT_BATCH_MAX_EVENTS = 2000     # events per LMDB write transaction (group commit)
+DEFAULT_BATCH_MAX_EVENTS = 5000     # events per LMDB write transaction (group commit)
 STREAM_CHUNK_EVENTS = 256           # a TrackStream hands events to the writer in chunks of this size
 STREAM_CHUNKS_IN_FLIGHT = 16        # chunks of one stream waiting for their commit (backpressure)
 STREAM_MAX_ERRORS = 100             # error strings returned in a TrackSummary
 SCAN_CHUNK = 512                    # rows read per LMDB read transaction in ScanProfiles/ScanEvents
 PURGE_CHUNK_KEYS = 5_000            # keys visited per write transaction by the retention purge
+LOCAL_APPLY_MAX_EVENTS = 2          # group commits of at most this many events skip the writer process
+WRITER_START_TIMEOUT_SECONDS = 60.0 # the writer process must open the store within this
+WRITER_STOP_TIMEOUT_SECONDS = 30.0  # ... and finish its transaction on shutdown, or it is killed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,4 +77,8 @@ class ProfileConfig(ServerConfig):
     )
     sync: bool = dataclasses.field(
         default=True, metadata={"help": "fsync every commit (turn off only for throwaway data)"}
+    )
+    writer_process: bool = dataclasses.field(
+        default=True,
+        metadata={"help": "fold and commit events in a separate writer process (uses a second core)"},
     )

@@ -6,6 +6,10 @@ LMDB write transaction, and resolves each caller's future after the commit is du
 `Track` awaits its future, so it answers only when its event is on disk, and concurrent
 Tracks share one fsync. Other writes (Identify, SetConsent, ...) run in order on the same
 thread, so one shopper's updates are serialized and none is lost.
+
+With a `WriterProcess` (the service's default) that thread forwards each transaction to the
+writer process and waits for its durable answer, while this process keeps receiving and
+validating the next events: ingest uses two cores. Reads stay in this process.
 """
 
 from __future__ import annotations
@@ -23,8 +27,10 @@ import lmdb
 from services.common.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable, VitrineError
 from services.profile import config as C
 from services.profile import fold
+from services.profile.metrics import WRITE_BATCH_EVENTS, WRITE_BATCH_SECONDS
 from services.profile.store import DeleteResult, LmdbProfileStore, StoredEvent, TrackResult
 from services.profile.validation import check_id, validate_event, validate_traits
+from services.profile.writer import WriterProcess
 from vitrine.v1 import common_pb2, profile_pb2
 
 log = logging.getLogger(__name__)
@@ -63,6 +69,7 @@ class ProfileEngine:
         batch_max_events: int = C.DEFAULT_BATCH_MAX_EVENTS,
         purge_interval_seconds: float = 0.0,
         clock: Callable[[], int] = now_ms,
+        writer: WriterProcess | None = None,
     ) -> None:
         # A store, or a function that opens one in start() (the service opens LMDB on start).
         self._open_store = None if isinstance(store, LmdbProfileStore) else store
@@ -76,6 +83,7 @@ class ProfileEngine:
         self._writer: asyncio.Task[None] | None = None
         self._purger: asyncio.Task[None] | None = None
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="profile-writer")
+        self.writer = writer      # None: write in this process, on the writer thread
         self.batches = 0          # write transactions of events (for tests and benchmarks)
         self.batched_events = 0
 
@@ -83,6 +91,14 @@ class ProfileEngine:
     async def start(self) -> None:
         if self.store is None and self._open_store is not None:
             self.store = await asyncio.to_thread(self._open_store)
+        if self.writer is not None:
+            # The writer process sends back the RFM changes it committed; after a restart
+            # (a commit whose answer was lost) reload the population from LMDB.
+            store = self.store
+            self.writer.on_rfm = lambda deltas: store.rfm.commit(deltas)
+            self.writer.on_start = store.reload_rfm
+            # Started from the writer thread, which outlives every write (see WriterProcess).
+            await asyncio.get_running_loop().run_in_executor(self._executor, self.writer.start)
         self._queue = asyncio.Queue()
         self._writer = asyncio.create_task(self._write_loop(), name="profile-writer")
         if self.purge_interval_seconds > 0:
@@ -96,6 +112,9 @@ class ProfileEngine:
                     await task
                 except (asyncio.CancelledError, Exception):  # shutting down
                     pass
+        if self.writer is not None:
+            # Queued behind a transaction still running, so the writer finishes it first.
+            await asyncio.get_running_loop().run_in_executor(self._executor, self.writer.stop)
         self._executor.shutdown(wait=True)
         if self._queue is not None:
             while not self._queue.empty():
@@ -132,6 +151,7 @@ class ProfileEngine:
         """One transaction for all `jobs`; if it fails, each job alone, so that one caller's
         failure (a full store, a bug) does not fail the others' events."""
         events = [e for j in jobs for e in (j.events or ())]
+        started = time.perf_counter()
         try:
             results = await loop.run_in_executor(self._executor, self._apply, events)
         except Exception as exc:
@@ -148,6 +168,8 @@ class ProfileEngine:
             return
         self.batches += 1
         self.batched_events += len(events)
+        WRITE_BATCH_EVENTS.observe(len(events))
+        WRITE_BATCH_SECONDS.observe(time.perf_counter() - started)
         start = 0
         for j in jobs:
             n = len(j.events or ())
@@ -155,8 +177,18 @@ class ProfileEngine:
                 j.future.set_result(results[start:start + n])
             start += n
 
+    @property
+    def writes(self) -> LmdbProfileStore | WriterProcess:
+        """Where write transactions run: the writer process, or the store in this process."""
+        return self.writer if self.writer is not None else self.store
+
     def _apply(self, events: list[common_pb2.Event]) -> list[TrackResult]:
-        return self.store.apply_events(events, self.clock())
+        # A lone Track or two is committed right here: the round trip to the writer process
+        # (two more wake-ups on a busy machine) would cost more than the fold saves. Safe
+        # because this thread runs one write at a time, local or remote, and the store reads
+        # `seq` and the RFM counts from the transaction (see store.py).
+        target = self.store if len(events) <= C.LOCAL_APPLY_MAX_EVENTS else self.writes
+        return target.apply_events(events, self.clock())
 
     async def _run_call(self, loop: asyncio.AbstractEventLoop, job: _Job) -> None:
         try:
@@ -306,7 +338,7 @@ class ProfileEngine:
         check_id(anonymous_id, "anonymous_id")
         check_id(customer_id, "customer_id")
         validate_traits(traits)
-        state = await self._write(lambda: self.store.identify(anonymous_id, customer_id, traits, self.clock()))
+        state = await self._write(lambda: self.writes.identify(anonymous_id, customer_id, traits, self.clock()))
         return self.view(state)
 
     async def set_consent(self, user_id: str, consent: common_pb2.Consent) -> common_pb2.Profile:
@@ -314,12 +346,12 @@ class ProfileEngine:
         if consent.updated_ms < 0 or consent.updated_ms > self.clock() + C.FUTURE_SKEW_MS:
             raise InvalidArgument(f"consent.updated_ms {consent.updated_ms} must be epoch ms, not in the future "
                                   "(0 = now)")
-        state = await self._write(lambda: self.store.set_consent(user_id, consent, self.clock()))
+        state = await self._write(lambda: self.writes.set_consent(user_id, consent, self.clock()))
         return self.view(state)
 
     async def delete(self, user_id: str) -> DeleteResult:
         check_id(user_id, "user_id")
-        return await self._write(lambda: self.store.delete(user_id))
+        return await self._write(lambda: self.writes.delete(user_id))
 
     async def import_profile(self, profile: common_pb2.Profile,
                              events: Sequence[common_pb2.Event]) -> common_pb2.Profile:
@@ -339,7 +371,7 @@ class ProfileEngine:
                 raise InvalidArgument(f"events[{i}]: {exc.message}") from exc
             if event.timestamp_ms >= cutoff:
                 kept.append(event)
-        state = await self._write(lambda: self.store.import_profile(profile, kept, self.clock()))
+        state = await self._write(lambda: self.writes.import_profile(profile, kept, self.clock()))
         return self.view(state)
 
     async def put_alias(self, alias_id: str, target_id: str) -> bool:
@@ -347,7 +379,7 @@ class ProfileEngine:
         check_id(target_id, "target_id")
         if alias_id == target_id:
             raise InvalidArgument("alias_id and target_id must differ")
-        return await self._write(lambda: self.store.put_alias(alias_id, target_id))
+        return await self._write(lambda: self.writes.put_alias(alias_id, target_id))
 
     # ----------------------------------------------------------------------------- retention
     async def purge_once(self) -> tuple[int, int]:
@@ -360,13 +392,13 @@ class ProfileEngine:
         start: bytes | None = b""
         while start is not None:
             begin = start
-            n, start = await self._write(lambda b=begin: self.store.purge_events(cutoff_ms, b, C.PURGE_CHUNK_KEYS))
+            n, start = await self._write(lambda b=begin: self.writes.purge_events(cutoff_ms, b, C.PURGE_CHUNK_KEYS))
             events += n
         start = b""
         while start is not None:
             begin = start
             n, start = await self._write(
-                lambda b=begin: self.store.expire_idempotency(cutoff_s, b, C.PURGE_CHUNK_KEYS)
+                lambda b=begin: self.writes.expire_idempotency(cutoff_s, b, C.PURGE_CHUNK_KEYS)
             )
             keys += n
         if events or keys:

@@ -15,8 +15,11 @@ A prefix scan `user_id 0x00` on `events` gives a shopper's log in time order; us
 never contain control characters, so the prefix is exact. Every key that names a user
 starts with its id (or, in `aliases`, is the alias id), so erasure is a handful of
 prefix deletions. Write methods must be called from one thread at a time (the service's
-writer thread); read methods from any thread. Each write method is one transaction:
-it commits (with fsync unless sync=False) before it returns, or changes nothing.
+writer thread, or the writer process, see writer.py); read methods from any thread. Each
+write method is one transaction: it commits (with fsync unless sync=False) before it returns,
+or changes nothing. Write methods read the `seq` counter and the RFM counts they change from
+their own transaction, never from memory, so a store stays correct when another process
+(a writer process, or one left over from a killed service) has written in between.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import dataclasses
 import hashlib
 import json
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
@@ -41,6 +44,7 @@ from vitrine.v1 import common_pb2, profile_pb2
 _TS_SEQ = struct.Struct(">QQ")
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct("<Q")
+_I64 = struct.Struct("<q")  # RFM bucket counts (RfmSketch.encode)
 SEP = b"\x00"
 DB_NAMES = (b"profiles", b"events", b"aliases", b"alias_rev", b"idem", b"meta")
 IMPORT_MARKER = b"import:"
@@ -132,9 +136,12 @@ class LmdbProfileStore:
         self.idem = self.dbs["idem"]
         self.meta = self.dbs["meta"]
         self.rfm = RfmSketch()
+        # Called with the RFM deltas of each durable commit (the writer process forwards them).
+        self.on_commit: Callable[[dict[bytes, int]], None] | None = None
+        self.rfm.load(self._rfm_items())
+
+    def _rfm_items(self) -> list[tuple[bytes, bytes]]:
         with self.env.begin(db=self.meta) as txn:
-            raw = txn.get(b"seq")
-            self._seq = _U64.unpack(raw)[0] if raw else 0
             cursor = txn.cursor()
             items = []
             if cursor.set_range(b"rfm:"):
@@ -142,7 +149,14 @@ class LmdbProfileStore:
                     if not key.startswith(b"rfm:"):
                         break
                     items.append((key, value))
-            self.rfm.load(items)
+        return items
+
+    def reload_rfm(self) -> None:
+        """Reload the RFM population from LMDB: for a process that reads while another one (the
+        writer process) writes, after it may have missed some of that process's changes."""
+        sketch = RfmSketch()
+        sketch.load(self._rfm_items())
+        self.rfm = sketch  # one reference swap: concurrent readers see the old or the new one
 
     def close(self) -> None:
         self.env.close()
@@ -160,8 +174,10 @@ class LmdbProfileStore:
                    changes: Iterable[tuple[tuple[int, int, float] | None, tuple[int, int, float] | None]]
                    ) -> dict[bytes, int]:
         deltas = self.rfm.pending(changes)
+        meta = self.meta
         for key, delta in deltas.items():
-            value = self.rfm.current(key) + delta
+            raw = txn.get(key, db=meta)
+            value = (_I64.unpack(raw)[0] if raw else 0) + delta
             if value:
                 txn.put(key, self.rfm.encode(value), db=self.meta)
             else:
@@ -170,6 +186,10 @@ class LmdbProfileStore:
 
     def _write(self) -> lmdb.Transaction:
         return self.env.begin(write=True)
+
+    def _seq_of(self, txn: lmdb.Transaction) -> int:
+        raw = txn.get(b"seq", db=self.meta)
+        return _U64.unpack(raw)[0] if raw else 0
 
     def _commit(self, txn: lmdb.Transaction, deltas: dict[bytes, int] | None = None, seq: int | None = None) -> None:
         try:
@@ -184,10 +204,10 @@ class LmdbProfileStore:
         except BaseException:
             txn.abort()
             raise
-        if seq is not None:
-            self._seq = seq
         if deltas:
             self.rfm.commit(deltas)
+            if self.on_commit is not None:
+                self.on_commit(deltas)
 
     def _put_event(self, txn: lmdb.Transaction, user: bytes, event: common_pb2.Event, flags: int, seq: int) -> None:
         original = event.user_id
@@ -340,7 +360,6 @@ class LmdbProfileStore:
         results: list[TrackResult] = []
         cache: dict[bytes, list[Any]] = {}
         resolved: dict[str, bytes] = {}
-        seq = self._seq
         created = _U32.pack(now_ms // 1000)
         settings = self.settings
         apply_event = fold.apply_event
@@ -349,6 +368,7 @@ class LmdbProfileStore:
         txn = self._write()
         put = txn.put
         try:
+            seq = self._seq_of(txn)
             for event in events:
                 uid = event.user_id
                 user = resolved.get(uid)
@@ -521,10 +541,10 @@ class LmdbProfileStore:
         for event in events:
             digest.update(event.SerializeToString(deterministic=True))
         marker_id = IMPORT_MARKER + digest.hexdigest()[:32].encode()
-        seq = self._seq
         created = _U32.pack(now_ms // 1000)
         txn = self._write()
         try:
+            seq = self._seq_of(txn)
             user = self._resolve(txn, profile.user_id.encode())
             marker = user + SEP + marker_id
             state = self._load(txn, user)

@@ -33,8 +33,10 @@ def make_service(data_dir: Path, **overrides: object) -> ProfileService:
     return ProfileService(ProfileConfig(**values))  # type: ignore[arg-type]
 
 
-@pytest.fixture
-async def profiles(tmp_path: Path) -> AsyncIterator[Profiles]:
-    service = make_service(tmp_path)
+# Every service test runs against both write paths: the writer process (the default) and
+# the writer thread in the service process (--no-writer-process).
+@pytest.fixture(params=[True, False], ids=["writer-process", "in-process"])
+async def profiles(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Profiles]:
+    service = make_service(tmp_path, writer_process=request.param)
     async with serving(service, service.config) as running, channel_to(running) as channel:
         yield Profiles(profile_pb2_grpc.ProfileServiceStub(channel), service, running, tmp_path)
