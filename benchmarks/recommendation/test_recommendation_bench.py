@@ -48,13 +48,14 @@ def test_rerank(benchmark, catalog, impl, n_candidates: int) -> None:  # type: i
     assert len(result.positions) == 20
 
 
-@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
 def test_index_search_200(benchmark, kind: str) -> None:  # type: ignore[no-untyped-def]
     benchmark.group = "index search, 50k x 64, top 200"
     rng = np.random.default_rng(1)
     x = rng.standard_normal((50_000, 64)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
-    params = IndexParams(flat_max_items=100_000 if kind == "flat" else 1_000, tune=False)
+    params = IndexParams(flat_max_items=100_000 if kind == "flat" else 1_000, kind="hnsw" if kind == "hnsw" else "ivf",
+                         tune=False)
     index = build_index(x, params)
     query = x[:1] + x[1:2]
     _, rows = benchmark(index.search, query, 200)

@@ -66,6 +66,7 @@ TRENDING_INLINE_MAX_ITEMS = 20_000   # up to this many products, a request re-ra
 #                                     changed; above, the background-refreshed ranking (<= 1 s old) serves:
 #                                     at 100k products the inline re-rank was the top CPU cost under load
 TOGETHER_SCORE_BASE = 1.0         # co-occurrence scores are 1 + w / max w: above any cosine
+_NO_ROWS = np.zeros(0, np.int64)
 
 
 @dataclass
@@ -316,13 +317,18 @@ class Recommender:
 
     # -- pieces ------------------------------------------------------------------------------
     def _excluded(self, q: Query, anchor_row: int, cart_rows: np.ndarray) -> np.ndarray:
-        parts = [self.catalog.rows(q.rules.exclude_ids), cart_rows]
+        """Rows the kernel must drop (any order: it builds its own set), -1s removed."""
+        parts = [cart_rows] if cart_rows.size else []
+        if q.rules.exclude_ids:
+            parts.append(self.catalog.rows(q.rules.exclude_ids))
         if anchor_row >= 0:
             parts.append(np.array([anchor_row], np.int64))
-        if q.rules.exclude_purchased:
+        if q.rules.exclude_purchased and q.shopper.purchased:
             parts.append(self.catalog.rows(q.shopper.purchased))
-        if q.strategy == "FOR_YOU" and self.for_you.exclude_recent:
+        if q.strategy == "FOR_YOU" and self.for_you.exclude_recent and q.shopper.recent:
             parts.append(self.catalog.rows(q.shopper.recent))
+        if not parts:  # the usual request: nothing to concatenate or sort
+            return _NO_ROWS
         rows = np.concatenate(parts)
         return np.unique(rows[rows >= 0])
 
@@ -376,9 +382,10 @@ class Recommender:
         n = max(1, min(n, model.items))
         scores, ids = model.index.search(query, n)
         ids, scores = ids[0], scores[0]
-        rows = np.where(ids >= 0, model.catalog_rows[np.maximum(ids, 0)], -1)
-        return Candidates(rows, scores.astype(np.float32), np.full(rows.size, source, np.int8),
-                          n >= model.items)
+        # a gather into a catalog-sized array costs a cache miss per result at 1M items: skip it when
+        # the model's rows are the catalog's (-1, "no result", stays -1 either way)
+        rows = ids if model.same_rows else np.where(ids >= 0, model.catalog_rows[np.maximum(ids, 0)], -1)
+        return Candidates(rows, scores, np.full(rows.size, source, np.int8), n >= model.items)  # FAISS: float32
 
     def _for_you(self, ctx: _Context) -> Callable[[int], Candidates]:
         model, s, params = ctx.model, ctx.q.shopper, self.for_you

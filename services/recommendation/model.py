@@ -47,6 +47,8 @@ class Model:
     model_row: np.ndarray      # int64 model row per catalog row (-1 = not in the model)
     meta: dict[str, Any] = field(default_factory=dict)
     neighbours: Neighbours | None = None  # session item-item table over catalog rows (may be absent)
+    # model row i is catalog row i for every i (the usual case): search results need no mapping
+    same_rows: bool = False
 
     @property
     def items(self) -> int:
@@ -59,6 +61,8 @@ class Model:
     def rows_for(self, catalog_rows: np.ndarray) -> np.ndarray:
         """Model rows of `catalog_rows` (-1 where unknown to this model)."""
         rows = np.asarray(catalog_rows, np.int64)
+        if not rows.size:  # e.g. no purchases: skip the masks (each NumPy call costs ~1 us)
+            return rows
         ok = (rows >= 0) & (rows < self.model_row.size)
         return np.where(ok, self.model_row[np.where(ok, rows, 0)], -1) if self.model_row.size else rows * 0 - 1
 
@@ -129,7 +133,8 @@ def assemble(version: str, ids: np.ndarray, vectors: np.ndarray, index: VectorIn
     model_row = np.full(max(n_catalog, int(catalog_rows.max(initial=-1)) + 1), -1, np.int64)
     known = catalog_rows >= 0
     model_row[catalog_rows[known]] = np.flatnonzero(known)
-    return Model(version, ids, vectors, index, catalog_rows, model_row, meta, neighbours)
+    same_rows = bool(np.array_equal(catalog_rows, np.arange(len(catalog_rows))))
+    return Model(version, ids, vectors, index, catalog_rows, model_row, meta, neighbours, same_rows)
 
 
 def remap_neighbours(table: Neighbours, table_ids: np.ndarray, row_of: dict[str, int], n_catalog: int) -> Neighbours:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import pytest
 
 from services.recommendation.app import build_service
 from tests.recommendation.conftest import (
@@ -168,16 +169,18 @@ async def test_everything_survives_a_restart(tmp_path: Path) -> None:
         assert by_category[service.catalog.category_of["hats"]] > 0
 
 
-async def test_hnsw_above_the_flat_threshold(tmp_path: Path) -> None:
-    config = config_for(tmp_path, flat_index_max_items=100, hnsw_m=8, hnsw_ef_search=8)
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+async def test_approximate_index_above_the_flat_threshold(tmp_path: Path, kind: str) -> None:
+    config = config_for(tmp_path, flat_index_max_items=100, index_kind=kind, hnsw_m=8, hnsw_ef_search=8)
     service = build_service(config)
     async with serving(service, config) as running, grpc.aio.insecure_channel(running.address) as channel:
         stub = recommend_pb2_grpc.RecommendServiceStub(channel)
         await stub.UpsertProducts(iter(catalog()), timeout=10)
         reply = await stub.Train(train_request(sessions(), dimensions=16), timeout=60)
-        assert reply.index_type == "hnsw" and reply.recall_at_10 >= 0.95
+        assert reply.index_type == kind and reply.recall_at_10 >= 0.95
         info = await stub.GetModelInfo(R.GetModelInfoRequest(), timeout=5)
-        assert info.index_type == "hnsw" and info.ef_search >= 8 and info.recall_at_10 == reply.recall_at_10
+        assert info.index_type == kind and info.recall_at_10 == reply.recall_at_10
+        assert info.ef_search >= 8 if kind == "hnsw" else info.ef_search == 0  # ef_search: HNSW only
         similar = await stub.Recommend(R.RecommendRequest(strategy=R.SIMILAR, k=10, product_id=product_id(0, 3)),
                                        timeout=5)
         assert len(similar.items) == 10 and sum(i.category == "shoes" for i in similar.items) >= 8

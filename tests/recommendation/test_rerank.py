@@ -132,3 +132,46 @@ def test_wrapper_checks_columns() -> None:
                category=cols["category"])
     with pytest.raises(ValueError, match="same length"):
         rerank(CANDS, SCORES[:3], k=2, **cols)
+
+
+def test_wrapper_converts_request_arrays_and_scalars() -> None:
+    """Strided, read-only, list and other-dtype inputs take the slow path and give the same answer."""
+    cols = columns(3)
+    rng = np.random.default_rng(3)
+    candidates = rng.integers(-1, N_ITEMS, 400)
+    scores = rng.normal(size=400).astype(np.float32)
+    excluded = rng.integers(0, N_ITEMS, 25)
+    kw = dict(cols, k=15, n_categories=N_CATEGORIES, max_per_category=2)
+    expected = rerank_reference(candidates[::2], scores[::2], excluded=excluded, budget=30, **kw)  # type: ignore[arg-type]
+    frozen = excluded.copy()
+    frozen.flags.writeable = False
+    variants = [
+        (candidates[::2], scores[::2], frozen, 30),                                   # strided, read-only
+        (candidates[::2].tolist(), scores[::2].astype(np.float64), list(excluded), np.float32(30)),
+        (candidates[::2].astype(np.int32), scores[::2].copy(), excluded.astype(np.int16), 30.0),
+    ]
+    for cands, s, ex, budget in variants:
+        same(rerank(cands, s, excluded=ex, budget=budget, **kw), expected)  # type: ignore[arg-type]
+
+
+def test_excluded_best_candidates_widen_the_search() -> None:
+    cols = {"stock": np.ones(100, np.int32), "price": np.full(100, 10.0), "category": np.zeros(100, np.int32)}
+    candidates = np.arange(100)
+    scores = np.linspace(1, 0, 100).astype(np.float32)
+    ranked = rerank(candidates, scores, k=3, excluded=np.arange(50), **cols)  # the 50 best are excluded
+    assert ranked.positions.tolist() == [50, 51, 52]
+    ranked = rerank(candidates, scores, k=3, excluded=np.arange(50), max_per_category=1, **cols)
+    assert ranked.positions.tolist() == [50]
+
+
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("k", [65, 150])
+def test_large_k_uses_the_heap_and_still_agrees(k: int, ties: bool) -> None:
+    """Spans above SMALL_SPAN (64) select with a heap instead of the insertion buffer."""
+    rng = np.random.default_rng(k)
+    cols = columns(k)
+    candidates = rng.integers(-1, N_ITEMS, 1_000)
+    scores = (rng.integers(0, 4, 1_000) if ties else rng.normal(size=1_000)).astype(np.float32)
+    kw = dict(cols, k=k, excluded=rng.integers(0, N_ITEMS, 40), max_per_category=20, budget=40.0,
+              n_categories=N_CATEGORIES)
+    same(rerank(candidates, scores, **kw), rerank_reference(candidates, scores, **kw))  # type: ignore[arg-type]

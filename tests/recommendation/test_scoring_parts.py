@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 
+import faiss
 import numpy as np
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from scoring.cooccurrence import CoOccurrence
-from scoring.index import FLAT, HNSW, IndexParams, VectorIndex, build_index, exact_search, recall_at_k
+from scoring.index import FLAT, HNSW, IVF, IndexParams, VectorIndex, build_index, exact_search, ivf_lists, recall_at_k
 from scoring.popularity import DecayingCounter
 
 HOUR = 3_600_000
@@ -33,12 +35,58 @@ def test_small_catalogs_get_an_exact_index() -> None:
     assert rows[:, 0].tolist() == [0, 1, 2] and scores[0, 0] == pytest.approx(1.0, abs=1e-5)
 
 
-def test_large_catalogs_get_hnsw_with_measured_recall(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def fresh_queries(x: np.ndarray) -> np.ndarray:
+    rng = np.random.default_rng(9)  # shopper-like, not the tuning sample
+    return sum(w * x[rng.integers(0, len(x), 300)] for w in (1.0, 0.6, 0.36)).astype(np.float32)  # type: ignore[no-any-return]
+
+
+def test_large_catalogs_get_ivf_with_tuned_nprobe(tmp_path) -> None:  # type: ignore[no-untyped-def]
     x = clustered(12_000, 32, seed=1)
-    index = build_index(x, IndexParams(flat_max_items=5_000, hnsw_m=16, ef_construction=40, ef_search=16))
+    index = build_index(x, IndexParams(flat_max_items=5_000, nprobe=1))
+    ivf = faiss.extract_index_ivf(index.index)
+    assert index.kind == IVF and ivf.nlist == 12_000 // 50  # 4 sqrt(n) = 438 would train on < 39 per list
+    assert index.recall >= 0.97 and 1 < index.nprobe == ivf.nprobe < ivf.nlist and index.ef_search == 0
+    q = fresh_queries(x)
+    _, truth = exact_search(x, q, 10)
+    _, found = index.search(q, 10)
+    assert recall_at_k(found, truth) >= 0.95
+    index.save(tmp_path)
+    assert json.loads((tmp_path / "index.json").read_text())["nprobe"] == index.nprobe
+    loaded = VectorIndex.load(tmp_path)
+    assert (loaded.kind, loaded.nprobe, loaded.size) == (IVF, index.nprobe, len(x))
+    assert faiss.extract_index_ivf(loaded.index).nprobe == index.nprobe
+    np.testing.assert_array_equal(loaded.search(q, 10)[1], found)
+    _, many = loaded.search(q[:1], 500)
+    assert many.shape == (1, 500)
+
+
+def test_ivf_lists_grow_with_the_square_root() -> None:
+    assert [ivf_lists(n) for n in (100, 12_000, 100_000, 1_000_000)] == [2, 240, 1_265, 4_000]
+
+
+def test_index_kind_is_checked() -> None:
+    with pytest.raises(ValueError, match="kind"):
+        IndexParams(kind="lsh")
+
+
+def test_hnsw_index_saved_before_ivf_still_loads(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    x = clustered(6_000, 16, seed=3)
+    index = build_index(x, IndexParams(flat_max_items=1_000, kind=HNSW, hnsw_m=8, ef_construction=40, tune=False,
+                                       ef_search=48))
+    faiss.write_index(index.index, str(tmp_path / "index.faiss"))
+    old_meta = {"kind": "hnsw", "ef_search": 48, "recall_at_10": 0.97, "build_seconds": 1.0, "items": 6_000, "dim": 16}
+    (tmp_path / "index.json").write_text(json.dumps(old_meta))  # the format written before IVF: no nprobe
+    loaded = VectorIndex.load(tmp_path)
+    assert (loaded.kind, loaded.ef_search, loaded.nprobe) == (HNSW, 48, 0)
+    assert faiss.downcast_index(loaded.index).hnsw.efSearch == 48
+
+
+def test_large_catalogs_can_ask_for_hnsw_with_measured_recall(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    x = clustered(12_000, 32, seed=1)
+    index = build_index(x, IndexParams(flat_max_items=5_000, kind=HNSW, hnsw_m=16, ef_construction=40,
+                                       ef_search=16))
     assert index.kind == HNSW and index.recall >= 0.97 and index.ef_search >= 16
-    rng = np.random.default_rng(9)  # fresh shopper-like queries, not the tuning sample
-    q = sum(w * x[rng.integers(0, len(x), 300)] for w in (1.0, 0.6, 0.36)).astype(np.float32)
+    q = fresh_queries(x)
     _, truth = exact_search(x, q, 10)
     _, found = index.search(q, 10)
     assert recall_at_k(found, truth) >= 0.95
