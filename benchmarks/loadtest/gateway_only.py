@@ -16,12 +16,13 @@ import time
 from pathlib import Path
 
 from benchmarks.loadtest import report
+from benchmarks.loadtest.cpu import CpuSampler, annotate
 from benchmarks.loadtest.run import ROOT, _env, echo_server, free_port, run_generator
 
 USERS = 10_000
 
 
-async def _backends(ports: dict[str, int], ready: Path) -> None:
+async def _backends(ports: dict[str, int], ready: Path, batch: bool = True) -> None:
     from services.common.config import ServerConfig
     from services.common.server import build_server
     from tests.gateway.fakes import FakeProfile, FakeRecommendation, FakeSegmentation
@@ -33,6 +34,7 @@ async def _backends(ports: dict[str, int], ready: Path) -> None:
         profile.profiles[user] = common_pb2.Profile(
             user_id=user, event_count=5, recently_viewed=["p000001", "p000002"], category_affinity={"shoes": 0.5})
     fakes = {"profile": profile, "segmentation": FakeSegmentation(), "recommendation": FakeRecommendation()}
+    fakes["recommendation"].batch_implemented = batch  # type: ignore[attr-defined]
     servers = [await build_server(ServerConfig(port=ports[name]), fake) for name, fake in fakes.items()]
     await asyncio.to_thread(ready.write_text, "ok")
     while servers:  # (holding `servers`: a grpc.aio server that is garbage-collected stops)
@@ -49,6 +51,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--echo-steps", default="500,1000,1500")
     parser.add_argument("--step-seconds", type=float, default=8.0)
     parser.add_argument("--out", type=Path, default=Path("/tmp/vitrine-gateway-only"))
+    parser.add_argument("--no-batch", action="store_true",
+                        help="the fake recommendation service lacks RecommendBatch (one Recommend per placement)")
     parser.add_argument("--serve-backends", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_backends:
@@ -56,13 +60,13 @@ def main(argv: list[str] | None = None) -> None:
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
         spec = json.loads(args.serve_backends)
-        asyncio.run(_backends(spec["ports"], Path(spec["ready"])))
+        asyncio.run(_backends(spec["ports"], Path(spec["ready"]), spec["batch"]))
         return
     args.out.mkdir(parents=True, exist_ok=True)
     ports = {name: free_port() for name in ("profile", "segmentation", "recommendation", "gateway")}
     ready = args.out / "backends.ready"
     ready.unlink(missing_ok=True)
-    spec = json.dumps({"ports": ports, "ready": str(ready)})
+    spec = json.dumps({"ports": ports, "ready": str(ready), "batch": not args.no_batch})
     backends = subprocess.Popen([sys.executable, "-m", "benchmarks.loadtest.gateway_only", "--serve-backends", spec],
                                 cwd=ROOT, env=_env())
     gateway = None
@@ -78,11 +82,16 @@ def main(argv: list[str] | None = None) -> None:
         users = args.out / "users.txt"
         users.write_text("\n".join(f"u{i}" for i in range(USERS)))
         rates = [float(x) for x in args.steps.split(",")]
-        echo_rates = [float(x) for x in args.echo_steps.split(",")]
-        with echo_server() as address:
-            echo = run_generator(address, "echo", echo_rates, args.step_seconds)
-        vitrine = run_generator(f"127.0.0.1:{ports['gateway']}", "vitrine", rates, args.step_seconds,
-                                ["--users", str(users)])
+        echo_rates = [float(x) for x in args.echo_steps.split(",") if x]
+        echo: dict = {"mode": "echo", "step_seconds": args.step_seconds, "steps": []}
+        if echo_rates:
+            with CpuSampler({}) as sampler, echo_server(sampler) as address:
+                echo = run_generator(address, "echo", echo_rates, args.step_seconds, sampler=sampler)
+            annotate(echo, sampler)
+        with CpuSampler({"gateway": gateway.pid, "fake backends": backends.pid}) as sampler:
+            vitrine = run_generator(f"127.0.0.1:{ports['gateway']}", "vitrine", rates, args.step_seconds,
+                                    ["--users", str(users)], sampler=sampler)
+        annotate(vitrine, sampler)
     finally:
         for process in (gateway, backends):
             if process is not None:
@@ -90,10 +99,12 @@ def main(argv: list[str] | None = None) -> None:
                 process.wait(10)
     meta = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "store": "none: instant in-memory backends (tests/gateway/fakes.py), 10,000 known shoppers",
-            "suite": "gateway process + one process serving the three fake backends"}
+            "suite": "gateway process + one process serving the three fake backends"
+                     + (" (no RecommendBatch: one Recommend per placement)" if args.no_batch else "")}
     (args.out / "results.md").write_text(report.markdown(vitrine, echo, meta))
     (args.out / "results.json").write_text(json.dumps({"vitrine": vitrine, "echo": echo}, indent=1))
-    print(json.dumps(report.summary(vitrine, echo)))
+    print(report.table(vitrine))
+    print(report.cpu_table(vitrine))
 
 
 if __name__ == "__main__":

@@ -182,6 +182,7 @@ async def run_step(workload: Workload | EchoWorkload, rate: float, seconds: floa
         latencies.append(done - scheduled)
 
     start = clock() + 0.05
+    start_unix = time.time() + 0.05  # the step's wall-clock window, for CPU accounting (cpu.py)
     interval = 1.0 / rate
     i = 0
     while i < total:
@@ -213,6 +214,8 @@ async def run_step(workload: Workload | EchoWorkload, rate: float, seconds: floa
         "error_count": sum(errors.values()),
         "fallbacks": dict(workload.fallbacks),
         "send_lag_p99_ms": _percentiles(lags)["p99_ms"],
+        "started_unix": start_unix,
+        "ended_unix": start_unix + elapsed,
         **_percentiles(latencies),
     }
 

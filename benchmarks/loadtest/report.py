@@ -74,6 +74,21 @@ def table(run: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def cpu_table(run: dict[str, Any]) -> str:
+    """CPU milliseconds per request answered, per process and step (and cores busy in total)."""
+    steps = [s for s in run["steps"] if s.get("cpu_ms_per_request")]
+    if not steps:
+        return "(no CPU figures: not on Linux, or no process ids)"
+    names = sorted({k for s in steps for k in s["cpu_ms_per_request"]})
+    lines = ["| offered/s | " + " | ".join(f"{n} ms" for n in names) + " | all ms | cores busy |",
+             "|---:|" + "---:|" * (len(names) + 2)]
+    for s in steps:
+        per = s["cpu_ms_per_request"]
+        lines.append(f"| {s['offered_rps']:.0f} | " + " | ".join(f"{per.get(n, 0.0):.3f}" for n in names)
+                     + f" | {sum(per.values()):.3f} | {sum(s['cores'].values()):.2f} |")
+    return "\n".join(lines)
+
+
 def markdown(vitrine: dict[str, Any], echo: dict[str, Any], meta: dict[str, Any]) -> str:
     numbers = summary(vitrine, echo)
     p99 = numbers["p99_ms_at_1000"]
@@ -83,6 +98,7 @@ def markdown(vitrine: dict[str, Any], echo: dict[str, Any], meta: dict[str, Any]
         f"- when: {meta.get('when', '?')}; machine: {meta.get('machine', '?')}",
         f"- store: {meta.get('store', '?')}",
         f"- suite: {meta.get('suite', '?')}",
+        *([f"- load: {meta['load']}"] if meta.get("load") else []),
         f"- mix: 80 % Personalize (2 placements), 20 % Track; open loop, {vitrine['step_seconds']:.0f} s per step; "
         "latency from each request's scheduled send time; 'degraded' = Personalize answers with a fallback "
         "other than unknown_user (a backend missed its share of the 50 ms budget)",
@@ -104,6 +120,16 @@ def markdown(vitrine: dict[str, Any], echo: dict[str, Any], meta: dict[str, Any]
         "## Echo ceiling",
         "",
         table(echo),
+        "",
+        "## CPU per request (ms of CPU per request sent, per process; /proc/<pid>/stat over each step)",
+        "",
+        "Gateway run (the mix: 80 % Personalize, 20 % Track):",
+        "",
+        cpu_table(vitrine),
+        "",
+        "Echo run:",
+        "",
+        cpu_table(echo),
         "",
     ]
     if meta.get("notes"):

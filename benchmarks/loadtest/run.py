@@ -21,6 +21,7 @@ from typing import Any
 import grpc
 
 from benchmarks.loadtest import report
+from benchmarks.loadtest.cpu import CpuSampler, annotate
 from vitrine.v1 import profile_pb2, profile_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,6 +44,7 @@ class Options:
     shoppers: int = 1_000_000
     out_dir: Path = OUT_DIR
     meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+    pids: dict[str, int] = dataclasses.field(default_factory=dict)  # service processes to account CPU for
 
 
 def free_port() -> int:
@@ -57,11 +59,13 @@ def _env() -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def echo_server() -> Iterator[str]:
+def echo_server(sampler: CpuSampler | None = None) -> Iterator[str]:
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "benchmarks.loadtest.echo", "--port", str(port)],
                                cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL)
     address = f"127.0.0.1:{port}"
+    if sampler is not None:
+        sampler.add("echo", process.pid)
     try:
         with grpc.insecure_channel(address) as channel:
             grpc.channel_ready_future(channel).result(timeout=20)
@@ -99,35 +103,53 @@ def sample_users(profile_addresses: Sequence[str], shoppers: int, seed: int = 11
 
 
 def run_generator(target: str, mode: str, steps: Sequence[float], step_seconds: float,
-                  extra: Sequence[str] = ()) -> dict[str, Any]:
+                  extra: Sequence[str] = (), sampler: CpuSampler | None = None) -> dict[str, Any]:
     argv = [sys.executable, "-m", "benchmarks.loadtest.generator", "--target", target, "--mode", mode,
             "--steps", ",".join(f"{s:g}" for s in steps), "--step-seconds", str(step_seconds), *extra]
     budget = (len(steps) + 1) * (step_seconds + 10) + 60  # bounded in time whatever happens
-    done = subprocess.run(argv, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=budget)
-    sys.stderr.write(done.stderr)
-    if done.returncode != 0:
-        raise RuntimeError(f"generator ({mode}) failed with code {done.returncode}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    process = subprocess.Popen(argv, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    if sampler is not None:
+        sampler.add("generator", process.pid)
+    try:
+        stdout, stderr = process.communicate(timeout=budget)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        stdout, stderr = process.communicate()
+    sys.stderr.write(stderr)
+    if process.returncode != 0:
+        raise RuntimeError(f"generator ({mode}) failed with code {process.returncode}")
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def _loadavg() -> str:
+    return f"{os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else "?"
 
 
 def run(options: Options) -> dict[str, Any]:
     options.out_dir.mkdir(parents=True, exist_ok=True)
+    load_before = _loadavg()
     users = sample_users(options.profile_addresses, options.shoppers)
     if not users:
         raise RuntimeError("the profile service holds no shoppers: load a store first (or use --start-suite)")
     users_file = options.out_dir / "users.txt"
     users_file.write_text("\n".join(users))
     print(f"{len(users)} shopper ids sampled", file=sys.stderr)
-    with echo_server() as echo_address:
-        echo = run_generator(echo_address, "echo", options.echo_steps, options.step_seconds)
+    with CpuSampler({}) as sampler, echo_server(sampler) as echo_address:
+        echo = run_generator(echo_address, "echo", options.echo_steps, options.step_seconds, sampler=sampler)
+    annotate(echo, sampler)
     width = max(6, len(str(max(options.products - 1, 0))))
-    vitrine = run_generator(options.gateway, "vitrine", options.steps, options.step_seconds,
-                            ["--users", str(users_file), "--products", str(options.products),
-                             "--product-width", str(width)])
+    with CpuSampler(options.pids) as sampler:
+        vitrine = run_generator(options.gateway, "vitrine", options.steps, options.step_seconds,
+                                ["--users", str(users_file), "--products", str(options.products),
+                                 "--product-width", str(width)], sampler=sampler)
+    annotate(vitrine, sampler)
     users_file.unlink(missing_ok=True)
     meta = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "machine": f"{os.cpu_count()} CPUs, {platform.machine()}, Python {platform.python_version()}, "
                        f"grpcio {grpc.__version__}",
+            # Others' work on the same cores shows here: read the figures against it.
+            "load": f"1-min load average {load_before} before the run, {_loadavg()} after",
             **options.meta}
     results = {"meta": meta, "vitrine": vitrine, "echo": echo, "summary": report.summary(vitrine, echo)}
     (options.out_dir / "results.json").write_text(json.dumps(results, indent=1))

@@ -130,26 +130,6 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             code = context.code()
             return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.OK
 
-        async def unary_response(behavior: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
-            started = time.perf_counter()
-            gate.in_flight += 1
-            in_flight.inc()
-            code = grpc.StatusCode.OK
-            try:
-                response = await behavior(request, context)
-                code = code_after(context)
-                return response
-            except grpc.aio.AbortError:
-                code = code_after(context)
-                raise
-            except Exception as exc:
-                code = _status_of(exc)
-                if code is grpc.StatusCode.UNKNOWN:
-                    code = grpc.StatusCode.INTERNAL
-                await fail(exc, context)
-            finally:
-                finish(started, code)
-
         async def stream_response(behavior: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
             gate.in_flight += 1
@@ -180,7 +160,25 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         stream_inner = handler.unary_stream or handler.stream_stream
 
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            return await unary_response(unary_inner, request, context)
+            # One coroutine per call (no inner helper): this runs for every RPC of every service.
+            started = time.perf_counter()
+            gate.in_flight += 1
+            in_flight.inc()
+            code = grpc.StatusCode.OK
+            try:
+                response = await unary_inner(request, context)
+                code = code_after(context)
+                return response
+            except grpc.aio.AbortError:
+                code = code_after(context)
+                raise
+            except Exception as exc:
+                code = _status_of(exc)
+                if code is grpc.StatusCode.UNKNOWN:
+                    code = grpc.StatusCode.INTERNAL
+                await fail(exc, context)
+            finally:
+                finish(started, code)
 
         async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             async for item in stream_response(stream_inner, request, context):

@@ -39,6 +39,9 @@ def _unexpected(err: BaseException, backend: str) -> None:
         log.warning("unexpected error calling %s", backend, exc_info=err)
 
 
+# One placement's answer: the result, whether it came from the backend, the model version.
+Placed = tuple[gateway_pb2.PlacementResult, bool, str]
+
 _latency_children: dict[tuple[str, str], Any] = {}
 _fallback_children: dict[str, Any] = {}
 
@@ -96,6 +99,7 @@ class Composer:
         self.trending = trending
         self.observer = observer
         self.deadline_ms = deadline_ms
+        self._batch_retry_at = 0.0  # loop time from which RecommendBatch is tried (after UNIMPLEMENTED)
 
     # --- Track ---------------------------------------------------------------------------
 
@@ -138,9 +142,9 @@ class Composer:
 
         signals = user_signals(profile) if profile is not None else None
         remaining = max(deadline - loop.time(), 0.001)
-        segment_call = self._segments(request, profile, unknown, remaining)
-        placement_calls = [self._placement(request, slot, signals, remaining) for slot in slots]
-        (segment_ids, offers, segments_ok), *placements = await asyncio.gather(segment_call, *placement_calls)
+        (segment_ids, offers, segments_ok), placements = await asyncio.gather(
+            self._segments(request, profile, unknown, remaining),
+            self._placements(request, slots, signals, deadline))
 
         response = gateway_pb2.PersonalizeResponse(segment_ids=segment_ids, offers=offers)
         placements_ok = 0
@@ -182,34 +186,75 @@ class Composer:
         _observe("segmentation", started, True)
         return list(reply.segment_ids), list(reply.offers), True
 
-    async def _placement(self, request: gateway_pb2.PersonalizeRequest, slot: Slot,
-                         signals: recommend_pb2.UserSignals | None,
-                         seconds: float) -> tuple[gateway_pb2.PlacementResult, bool, str]:
-        """One placement's items: Recommend, or warm trending items when it is late or fails."""
+    def _recommend_request(self, request: gateway_pb2.PersonalizeRequest, slot: Slot,
+                           signals: recommend_pb2.UserSignals | None) -> recommend_pb2.RecommendRequest:
         strategy = slot.strategy
         if signals is None and strategy in PERSONAL:
             strategy = recommend_pb2.TRENDING
         call = recommend_pb2.RecommendRequest(
             strategy=strategy, k=slot.k, constraints=slot.constraints, context=request.context,
-            cart_product_ids=request.cart_product_ids,
+            cart_product_ids=request.cart_product_ids, user=signals,
         )
         if strategy in ANCHORED or request.product_id:
             call.product_id = request.product_id
-        if signals is not None:
-            call.user.CopyFrom(signals)
+        return call
+
+    def _fallback(self, request: gateway_pb2.PersonalizeRequest, slot: Slot) -> Placed:
+        """Warm trending items for a placement whose Recommend was late or failed."""
+        exclude = [request.product_id] if request.product_id else []
+        exclude.extend(request.cart_product_ids)
+        items = self.trending.items(slot.k, slot.constraints, exclude)
+        return gateway_pb2.PlacementResult(slot_id=slot.slot_id, items=items, strategy_used=FALLBACK_STRATEGY,
+                                           fallback=True), False, ""
+
+    async def _placements(self, request: gateway_pb2.PersonalizeRequest, slots: list[Slot],
+                          signals: recommend_pb2.UserSignals | None, deadline: float) -> list[Placed]:
+        """Every placement's items: one RecommendBatch for several placements (one hop instead of
+        one per placement), one Recommend for a single one; each placement falls back on its own."""
+        loop = asyncio.get_running_loop()
+        calls = [self._recommend_request(request, slot, signals) for slot in slots]
+        if len(calls) > 1 and loop.time() >= self._batch_retry_at:
+            started = time.perf_counter()
+            try:
+                reply = await self.recommend.RecommendBatch(recommend_pb2.RecommendBatchRequest(requests=calls),
+                                                            timeout=max(deadline - loop.time(), 0.001))
+            except grpc.aio.AioRpcError as err:
+                if err.code() != grpc.StatusCode.UNIMPLEMENTED:
+                    _observe("recommendation", started, False, err)
+                    return [self._fallback(request, slot) for slot in slots]
+                log.warning("the recommendation service has no RecommendBatch: one Recommend per placement "
+                            "for the next %.0f s", limits.RECOMMEND_BATCH_RETRY_S)
+                self._batch_retry_at = loop.time() + limits.RECOMMEND_BATCH_RETRY_S
+            except _BACKEND_ERRORS as err:
+                _unexpected(err, "recommendation")
+                _observe("recommendation", started, False, err)
+                return [self._fallback(request, slot) for slot in slots]
+            else:
+                _observe("recommendation", started, True)
+                if len(reply.results) != len(calls):
+                    log.warning("RecommendBatch answered %d results for %d requests", len(reply.results),
+                                len(calls))
+                    return [self._fallback(request, slot) for slot in slots]
+                return [self._placed(slot, result.response) if result.code == 0 else self._fallback(request, slot)
+                        for slot, result in zip(slots, reply.results, strict=True)]
+        seconds = max(deadline - loop.time(), 0.001)
+        return list(await asyncio.gather(*(self._placement(request, slot, call, seconds)
+                                           for slot, call in zip(slots, calls, strict=True))))
+
+    @staticmethod
+    def _placed(slot: Slot, reply: recommend_pb2.RecommendResponse) -> Placed:
+        return gateway_pb2.PlacementResult(slot_id=slot.slot_id, items=reply.items, strategy_used=reply.strategy_used,
+                                           fallback=reply.fallback), True, reply.model_version
+
+    async def _placement(self, request: gateway_pb2.PersonalizeRequest, slot: Slot,
+                         call: recommend_pb2.RecommendRequest, seconds: float) -> Placed:
+        """One placement's items: Recommend, or warm trending items when it is late or fails."""
         started = time.perf_counter()
         try:
             reply = await self.recommend.Recommend(call, timeout=seconds)
         except _BACKEND_ERRORS as err:
             _unexpected(err, "recommendation")
             _observe("recommendation", started, False, err)
-            exclude = [request.product_id] if request.product_id else []
-            exclude.extend(request.cart_product_ids)
-            items = self.trending.items(slot.k, slot.constraints, exclude)
-            result = gateway_pb2.PlacementResult(slot_id=slot.slot_id, items=items,
-                                                 strategy_used=FALLBACK_STRATEGY, fallback=True)
-            return result, False, ""
+            return self._fallback(request, slot)
         _observe("recommendation", started, True)
-        result = gateway_pb2.PlacementResult(slot_id=slot.slot_id, items=reply.items,
-                                             strategy_used=reply.strategy_used, fallback=reply.fallback)
-        return result, True, reply.model_version
+        return self._placed(slot, reply)

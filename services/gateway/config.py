@@ -43,9 +43,17 @@ ALIAS_CACHE_SIZE = 100_000
 # "Not an alias" answers are trusted this long (another gateway replica may Identify meanwhile).
 ALIAS_NEGATIVE_TTL_S = 2.0
 
+# Placements go to Recommend in one RecommendBatch call; a recommendation service without it
+# (UNIMPLEMENTED, e.g. an older replica during a rollout) gets one Recommend per placement, and
+# the batch is tried again after this long.
+RECOMMEND_BATCH_RETRY_S = 60.0
+
 # Best-effort Observe forwarding.
 OBSERVE_QUEUE_SIZE = 10_000      # events waiting; beyond this they are dropped (counted)
 OBSERVE_BATCH_SIZE = 500         # events per Observe stream
+# After the first event of a batch, wait this long for more: one Observe stream per linger period
+# instead of one per event (a stream call costs both processes more CPU than a unary call).
+OBSERVE_LINGER_S = 0.2
 OBSERVE_CALL_TIMEOUT_S = 2.0
 OBSERVE_RETRY_PAUSE_S = 0.5      # pause after a failed batch (the batch is dropped, counted)
 

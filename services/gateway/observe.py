@@ -1,8 +1,8 @@
 """Best-effort forwarding of tracked events to the recommendation service's Observe.
 
 `offer()` never blocks and never fails: events go into a bounded queue that a
-background task drains in batches over short client-streaming Observe calls, each
-with a timeout. A full queue or a failed batch drops events and counts them; losing
+background task drains in batches (gathered for up to OBSERVE_LINGER_S) over short
+client-streaming Observe calls, each with a timeout. A full queue or a failed batch drops events and counts them; losing
 an Observe costs freshness of trending and bought-together counts, never correctness.
 """
 
@@ -24,10 +24,11 @@ log = logging.getLogger(__name__)
 
 class ObserveForwarder:
     def __init__(self, recommend: Any, *, queue_size: int = limits.OBSERVE_QUEUE_SIZE,
-                 batch_size: int = limits.OBSERVE_BATCH_SIZE) -> None:
+                 batch_size: int = limits.OBSERVE_BATCH_SIZE, linger: float = limits.OBSERVE_LINGER_S) -> None:
         self._recommend = recommend
         self._queue: asyncio.Queue[common_pb2.Event] = asyncio.Queue(maxsize=queue_size)
         self._batch_size = batch_size
+        self._linger = linger
         self._task: asyncio.Task[None] | None = None
         self.sent = 0
         self.dropped = 0
@@ -55,6 +56,8 @@ class ObserveForwarder:
     async def _drain(self) -> None:
         while True:
             batch = [await self._queue.get()]
+            if self._linger > 0 and self._queue.qsize() + 1 < self._batch_size:
+                await asyncio.sleep(self._linger)  # let a batch gather
             while len(batch) < self._batch_size and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from scoring.index import DEFAULT_EF_CONSTRUCTION, DEFAULT_EF_SEARCH, DEFAULT_FLAT_MAX_ITEMS, DEFAULT_HNSW_M
+from scoring.index import DEFAULT_EF_CONSTRUCTION, DEFAULT_EF_SEARCH, DEFAULT_FLAT_MAX_ITEMS, DEFAULT_HNSW_M, IVF
 from services.common.config import ServerConfig
 
 SERVICE = "recommendation"
@@ -13,6 +13,7 @@ DEFAULT_PORT = 50054
 
 # Request limits
 MAX_K = 200
+MAX_BATCH_REQUESTS = 32           # requests in one RecommendBatch (a page's placements)
 MAX_PRODUCT_ID_LENGTH = 256
 MAX_EXCLUDE_IDS = 1_000
 MAX_CART_IDS = 100
@@ -60,11 +61,13 @@ class RecommendationConfig(ServerConfig):
     data_dir: str = _f("./data", "data directory; files go under <data_dir>/recommendation/")
     profile_addresses: str = _f("127.0.0.1:50052", "profile shards for Train from the event log, comma-separated")
     dimensions: int = _f(64, "item vector dimensions when Train does not say")
-    flat_index_max_items: int = _f(DEFAULT_FLAT_MAX_ITEMS, "exact IndexFlatIP up to this many items, HNSW above")
+    flat_index_max_items: int = _f(DEFAULT_FLAT_MAX_ITEMS, "exact IndexFlatIP up to this many items, index_kind above")
+    index_kind: str = _f(IVF, "index above flat_index_max_items: ivf (IndexIVFFlat) or hnsw (IndexHNSWFlat)")
+    ivf_nlist: int = _f(0, "IVF inverted lists (0 = 4 x sqrt(items))")
     hnsw_m: int = _f(DEFAULT_HNSW_M, "HNSW graph degree M")
     hnsw_ef_construction: int = _f(DEFAULT_EF_CONSTRUCTION, "HNSW efConstruction")
     hnsw_ef_search: int = _f(DEFAULT_EF_SEARCH, "HNSW efSearch to start tuning from")
-    target_recall: float = _f(0.97, "recall@10 vs exact search that efSearch tuning must reach")
+    target_recall: float = _f(0.97, "recall@10 vs exact search that nprobe / efSearch tuning must reach")
     candidate_multiplier: int = _f(10, "retrieve k x this many candidates before re-ranking")
     budget_tolerance: float = _f(1.5, "prices above budget x this are demoted")
     trending_half_life_hours: float = _f(24.0, "half-life of trending counts")

@@ -19,7 +19,14 @@ from scoring import rerank as rr
 from scoring.index import IndexParams
 from scoring.session_knn import build_neighbours, session_scores
 from services.common.channel import channel_for
-from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from services.common.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+    VitrineError,
+)
 from services.recommendation.catalog import (
     CREATED_PRODUCT_STOCK,
     Catalog,
@@ -29,6 +36,7 @@ from services.recommendation.catalog import (
     stock_change_error,
 )
 from services.recommendation.config import (
+    MAX_BATCH_REQUESTS,
     MAX_DIMENSIONS,
     MAX_SUMMARY_ERRORS,
     MAX_TRAIN_SESSIONS,
@@ -46,6 +54,10 @@ from services.recommendation.training import SESSION_EVENT_TYPES, Trained, sessi
 from vitrine.v1 import common_pb2, profile_pb2, profile_pb2_grpc, recommend_pb2_grpc
 
 log = logging.getLogger(__name__)
+
+
+class _Internal(VitrineError):
+    code_name = "INTERNAL"
 
 
 @dataclass
@@ -104,7 +116,8 @@ class RecommendationService:
         self.models = ModelStore(self.directory / "models")
         self.recommender = Recommender(self.catalog, self.signals, candidate_multiplier=config.candidate_multiplier,
                                        budget_tolerance=config.budget_tolerance)
-        self.index_params = IndexParams(flat_max_items=config.flat_index_max_items, hnsw_m=config.hnsw_m,
+        self.index_params = IndexParams(flat_max_items=config.flat_index_max_items, kind=config.index_kind,
+                                        nlist=config.ivf_nlist, hnsw_m=config.hnsw_m,
                                         ef_construction=config.hnsw_ef_construction,
                                         ef_search=config.hnsw_ef_search, target_recall=config.target_recall)
         self._write_lock = asyncio.Lock()
@@ -245,6 +258,29 @@ class RecommendationService:
     def recommend(self, query: Query) -> Result:
         return self.recommender.recommend(query)
 
+    def recommend_many(self, queries: Sequence[Query],
+                       expired: Callable[[], bool] | None = None) -> list[Result | VitrineError]:
+        """Each query answered on its own: a failing one yields its error, the others their results.
+        Unexpected errors are logged and reported as INTERNAL for that query only. Once `expired()`
+        says the caller's deadline has passed, the rest are DEADLINE_EXCEEDED without being computed
+        (under overload, work nobody waits for would only delay the requests behind it)."""
+        if len(queries) > MAX_BATCH_REQUESTS:
+            raise InvalidArgument(f"a batch holds at most {MAX_BATCH_REQUESTS} requests, got {len(queries)}; "
+                                  "split it")
+        out: list[Result | VitrineError] = []
+        for query in queries:
+            if expired is not None and expired():
+                out.append(DeadlineExceeded("the caller's deadline passed before this request was served"))
+                continue
+            try:
+                out.append(self.recommender.recommend(query))
+            except VitrineError as err:
+                out.append(err)
+            except Exception:
+                log.exception("unhandled error in a batched Recommend")
+                out.append(_Internal("internal error in a batched Recommend; see server logs"))
+        return out
+
     @property
     def model(self) -> Model | None:
         return self.recommender.model
@@ -302,7 +338,8 @@ class RecommendationService:
         version = new_version()
         meta = {"model_version": version, "items": int(trained.vectors.shape[0]), "dimensions": dim,
                 "interactions": trained.interactions, "index_type": trained.index.kind,
-                "ef_search": trained.index.ef_search, "recall_at_10": trained.index.recall,
+                "ef_search": trained.index.ef_search, "nprobe": trained.index.nprobe,
+                "recall_at_10": trained.index.recall,
                 "learned_items": trained.learned, "provided_items": trained.provided,
                 "train_seconds": trained.train_seconds, "index_seconds": trained.index_seconds,
                 "trained_ms": int(time.time() * 1000), "repeat_weight": trained.repeat_weight}

@@ -6,8 +6,9 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from services.common.errors import VitrineError
 from services.recommendation.catalog import StockChange
-from services.recommendation.engine import Query, Rules, Shopper
+from services.recommendation.engine import Query, Result, Rules, Shopper
 from services.recommendation.service import RecommendationService, Summary, TrainSpec
 from vitrine.v1 import common_pb2, recommend_pb2, recommend_pb2_grpc
 
@@ -32,6 +33,21 @@ def query_from_proto(request: recommend_pb2.RecommendRequest) -> Query:
                     exclude_categories=tuple(c.exclude_categories), max_per_category=c.max_per_category,
                     exclude_purchased=c.exclude_purchased),
     )
+
+
+def response_from_result(result: Result) -> recommend_pb2.RecommendResponse:
+    return recommend_pb2.RecommendResponse(
+        items=[recommend_pb2.ScoredProduct(product_id=i.product_id, score=i.score, title=i.title,
+                                           category=i.category, price=i.price, reason=i.reason,
+                                           stock=i.stock, brand=i.brand) for i in result.items],
+        strategy_used=result.strategy_used, fallback=result.fallback, model_version=result.model_version)
+
+
+def _batch_result(outcome: Result | VitrineError) -> recommend_pb2.RecommendResult:
+    if isinstance(outcome, VitrineError):
+        code = getattr(grpc.StatusCode, outcome.code_name, grpc.StatusCode.UNKNOWN)
+        return recommend_pb2.RecommendResult(code=code.value[0], error=outcome.message)
+    return recommend_pb2.RecommendResult(response=response_from_result(outcome))
 
 
 class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
@@ -70,12 +86,16 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
 
     async def Recommend(self, request: recommend_pb2.RecommendRequest,
                         context: grpc.aio.ServicerContext) -> recommend_pb2.RecommendResponse:
-        result = self.service.recommend(query_from_proto(request))
-        return recommend_pb2.RecommendResponse(
-            items=[recommend_pb2.ScoredProduct(product_id=i.product_id, score=i.score, title=i.title,
-                                               category=i.category, price=i.price, reason=i.reason,
-                                               stock=i.stock, brand=i.brand) for i in result.items],
-            strategy_used=result.strategy_used, fallback=result.fallback, model_version=result.model_version)
+        return response_from_result(self.service.recommend(query_from_proto(request)))
+
+    async def RecommendBatch(self, request: recommend_pb2.RecommendBatchRequest,
+                             context: grpc.aio.ServicerContext) -> recommend_pb2.RecommendBatchResponse:
+        def expired() -> bool:
+            remaining = context.time_remaining()
+            return remaining is not None and remaining <= 0
+
+        outcomes = self.service.recommend_many([query_from_proto(r) for r in request.requests], expired)
+        return recommend_pb2.RecommendBatchResponse(results=[_batch_result(o) for o in outcomes])
 
     async def GetProduct(self, request: recommend_pb2.GetProductRequest,
                          context: grpc.aio.ServicerContext) -> common_pb2.Product:

@@ -136,13 +136,28 @@ class FakeRecommendationServicer(recommend_pb2_grpc.RecommendServiceServicer):
                      for i, p in enumerate(TRENDING_IDS)]
             return recommend_pb2.RecommendResponse(items=items, strategy_used="TRENDING")
         await self.owner.faults.apply(context)
-        name = recommend_pb2.Strategy.Name(request.strategy)
-        items = [recommend_pb2.ScoredProduct(product_id=f"{name.lower()}-{i}", score=1.0)
-                 for i in range(request.k)]
-        return recommend_pb2.RecommendResponse(items=items, strategy_used=name, model_version="fake-1")
+        if request.strategy in self.owner.failing_strategies:
+            await context.abort(grpc.StatusCode.INTERNAL, "injected failure of this strategy")
+        return self.owner.answer(request)
+
+    async def RecommendBatch(self, request, context):  # type: ignore[no-untyped-def]
+        if not self.owner.batch_implemented:  # an older recommendation service
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+        self.owner.batches += 1
+        self.owner.requests.extend(request.requests)
+        await self.owner.faults.apply(context)
+        results = []
+        for item in request.requests:
+            if item.strategy in self.owner.failing_strategies:
+                results.append(recommend_pb2.RecommendResult(code=grpc.StatusCode.INTERNAL.value[0],
+                                                             error="injected failure of this strategy"))
+            else:
+                results.append(recommend_pb2.RecommendResult(response=self.owner.answer(item)))
+        return recommend_pb2.RecommendBatchResponse(results=results)
 
     async def Observe(self, request_iterator, context):  # type: ignore[no-untyped-def]
         events = [event async for event in request_iterator]
+        self.owner.observe_calls += 1
         await self.owner.observe_faults.apply(context)
         self.owner.observed.extend(events)
         return recommend_pb2.ObserveSummary(observed=len(events))
@@ -158,6 +173,17 @@ class FakeRecommendation(_Base):
         self.observe_faults = Faults()
         self.requests: list[recommend_pb2.RecommendRequest] = []
         self.observed: list[common_pb2.Event] = []
+        self.observe_calls = 0
+        self.batch_implemented = True
+        self.batches = 0  # RecommendBatch calls answered
+        self.failing_strategies: set[int] = set()  # placements of these strategies fail on their own
+
+    @staticmethod
+    def answer(request: recommend_pb2.RecommendRequest) -> recommend_pb2.RecommendResponse:
+        name = recommend_pb2.Strategy.Name(request.strategy)
+        items = [recommend_pb2.ScoredProduct(product_id=f"{name.lower()}-{i}", score=1.0)
+                 for i in range(request.k)]
+        return recommend_pb2.RecommendResponse(items=items, strategy_used=name, model_version="fake-1")
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         recommend_pb2_grpc.add_RecommendServiceServicer_to_server(FakeRecommendationServicer(self), server)

@@ -36,6 +36,15 @@ class Recorder:
         return recommend_pb2.RecommendResponse(items=[recommend_pb2.ScoredProduct(product_id="x")],
                                                strategy_used=recommend_pb2.Strategy.Name(request.strategy))
 
+    async def RecommendBatch(self, request: recommend_pb2.RecommendBatchRequest,
+                             **call: float) -> recommend_pb2.RecommendBatchResponse:
+        self.timeouts["recommend"].append(call["timeout"])
+        await asyncio.sleep(0)
+        return recommend_pb2.RecommendBatchResponse(results=[recommend_pb2.RecommendResult(
+            response=recommend_pb2.RecommendResponse(items=[recommend_pb2.ScoredProduct(product_id="x")],
+                                                     strategy_used=recommend_pb2.Strategy.Name(r.strategy)))
+            for r in request.requests])
+
 
 def composer(backend: Recorder, deadline_ms: int = 50) -> Composer:
     return Composer(backend, backend, backend, TrendingCache(backend, 60.0), None, deadline_ms=deadline_ms)
@@ -47,7 +56,8 @@ async def test_deadline_split_profile_share_then_the_rest_concurrently() -> None
     assert reply.personalized and not reply.fallback_reason
     assert backend.timeouts["profile"] == [pytest.approx(0.05 * PROFILE_BUDGET_SHARE)]
     rest = 0.05 - ASSEMBLY_RESERVE_MS / 1000
-    assert len(backend.timeouts["recommend"]) == 2 and len(backend.timeouts["segments"]) == 1
+    # Both placements in one RecommendBatch call, concurrent with Evaluate.
+    assert len(backend.timeouts["recommend"]) == 1 and len(backend.timeouts["segments"]) == 1
     for timeout in (*backend.timeouts["recommend"], *backend.timeouts["segments"]):
         assert 0 < timeout <= rest
     # The request's own budget wins over the server default.

@@ -162,9 +162,12 @@ async def test_segmentation_unavailable(fake_suite: FakeSuite, mode: str) -> Non
     assert [p.strategy_used for p in reply.placements] == ["FOR_YOU", "TRENDING"]
 
 
+@pytest.mark.parametrize("batch", [True, False], ids=["batch", "per-placement"])
 @pytest.mark.parametrize("mode", ["down", "slow"])
-async def test_recommendation_unavailable_uses_warm_trending(fake_suite: FakeSuite, mode: str) -> None:
+async def test_recommendation_unavailable_uses_warm_trending(fake_suite: FakeSuite, mode: str,
+                                                             batch: bool) -> None:
     known(fake_suite)
+    fake_suite.recommendation.batch_implemented = batch
     assert fake_suite.service.trending.global_items  # warmed at start-up
     if mode == "down":
         await fake_suite.take_down("recommendation")
@@ -177,6 +180,41 @@ async def test_recommendation_unavailable_uses_warm_trending(fake_suite: FakeSui
         assert placement.fallback and placement.strategy_used == "TRENDING"
         assert [i.product_id for i in placement.items] == TRENDING_IDS[:8]
     assert list(reply.segment_ids) == ["returning_visitor", "evaluated"]
+
+
+async def test_placements_go_in_one_batch_call(fake_suite: FakeSuite) -> None:
+    known(fake_suite)
+    fake_suite.recommendation.requests.clear()
+    reply, _ = await personalize(fake_suite, page_type="product", product_id="p5")
+    assert reply.fallback_reason == "" and fake_suite.recommendation.batches == 1
+    assert [(p.slot_id, p.strategy_used) for p in reply.placements] == [
+        ("similar", "SIMILAR"), ("bought_together", "BOUGHT_TOGETHER"), ("up_sell", "UP_SELL")]
+    assert len(placement_calls(fake_suite)) == 3  # the three requests, inside the one call
+
+
+@pytest.mark.parametrize("batch", [True, False], ids=["batch", "per-placement"])
+async def test_one_failing_placement_falls_back_alone(fake_suite: FakeSuite, batch: bool) -> None:
+    known(fake_suite)
+    fake_suite.recommendation.batch_implemented = batch
+    fake_suite.recommendation.failing_strategies = {recommend_pb2.FOR_YOU}
+    reply, _ = await personalize(fake_suite)
+    assert reply.personalized and reply.fallback_reason == "recommendation_unavailable"
+    assert [(p.slot_id, p.strategy_used, p.fallback) for p in reply.placements] == [
+        ("for_you", "TRENDING", True), ("trending", "TRENDING", False)]
+    assert [i.product_id for i in reply.placements[0].items] == TRENDING_IDS[:8]  # the warm list
+    assert reply.placements[1].items[0].product_id == "trending-0"  # from the backend
+    assert list(reply.segment_ids) == ["returning_visitor", "evaluated"]
+
+
+async def test_without_recommend_batch_one_recommend_per_placement(fake_suite: FakeSuite) -> None:
+    known(fake_suite)
+    fake_suite.recommendation.batch_implemented = False
+    fake_suite.recommendation.requests.clear()
+    for _ in range(2):  # the first call learns UNIMPLEMENTED and still answers in full
+        reply, _ = await personalize(fake_suite)
+        assert reply.fallback_reason == "" and reply.personalized
+        assert [p.strategy_used for p in reply.placements] == ["FOR_YOU", "TRENDING"]
+    assert fake_suite.recommendation.batches == 0 and len(placement_calls(fake_suite)) == 4
 
 
 async def test_trending_fallback_honours_category_and_exclusions(fake_suite: FakeSuite) -> None:
@@ -243,6 +281,17 @@ async def test_track_reaches_the_profile_and_observe(fake_suite: FakeSuite) -> N
             break
         await asyncio.sleep(0.05)
     assert [e.event_id for e in fake_suite.recommendation.observed] == ["e1"]
+
+
+async def test_tracked_events_reach_observe_in_batches(fake_suite: FakeSuite) -> None:
+    await asyncio.gather(*(fake_suite.stub.Track(profile_pb2.TrackRequest(event=event(f"b{i}")), timeout=5)
+                           for i in range(20)))
+    for _ in range(100):
+        if len(fake_suite.recommendation.observed) >= 20:
+            break
+        await asyncio.sleep(0.05)
+    assert sorted(e.event_id for e in fake_suite.recommendation.observed) == sorted(f"b{i}" for i in range(20))
+    assert fake_suite.recommendation.observe_calls < 20  # gathered, not one stream per event
 
 
 async def test_track_errors_propagate(fake_suite: FakeSuite) -> None:

@@ -103,7 +103,8 @@ def _with_suite(args: argparse.Namespace, options: object, data_dir: Path) -> in
     if reuse and not store_file.exists():
         print(f"{data_dir} holds data but no {STORE_NOTE}: not a load-test store", file=sys.stderr)
         return 2
-    with Suite(layout, env=env):
+    with Suite(layout, env=env) as suite:
+        options.pids = {c.name: c.process.pid for c in suite.children if c.process is not None}
         if reuse:
             store = json.loads(store_file.read_text())
             print(f"reusing the store in {data_dir}: {store['description']}", file=sys.stderr)
