@@ -262,7 +262,8 @@ async def test_deadline_from_the_request(fake_suite: FakeSuite) -> None:
     reply, _ = await personalize(fake_suite)
     assert reply.fallback_reason == ""  # 150 ms fits in the server default (1 s here)
     reply, elapsed = await personalize(fake_suite, deadline_ms=20)
-    assert reply.fallback_reason == "recommendation_unavailable" and elapsed < 0.02 + DEADLINE_SLACK
+    # On a busy machine the other fakes can miss a 20 ms budget too; the slow one must be named.
+    assert "recommendation_unavailable" in reply.fallback_reason.split(",") and elapsed < 0.02 + DEADLINE_SLACK
 
 
 # --- Track -------------------------------------------------------------------------------------
