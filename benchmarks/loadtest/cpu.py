@@ -20,7 +20,8 @@ SAMPLE_SECONDS = 0.2
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def _own_seconds(pid: int) -> float | None:
+def own_cpu_seconds(pid: int) -> float | None:
+    """CPU seconds of `pid` itself (all its threads, and children it has reaped); None when gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
@@ -31,7 +32,8 @@ def _own_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])) / _TICKS
 
 
-def _children(pid: int) -> list[int]:
+def child_pids(pid: int) -> list[int]:
+    """Live child processes of `pid` (Linux /proc; empty elsewhere)."""
     out: list[int] = []
     try:
         for task in os.listdir(f"/proc/{pid}/task"):
@@ -45,10 +47,10 @@ def _children(pid: int) -> list[int]:
 def cpu_seconds(pid: int) -> float | None:
     """CPU time of `pid`, its threads and its live descendants (e.g. the profile service's writer
     process, extra gateway processes); None when it is gone or not on Linux."""
-    total = _own_seconds(pid)
+    total = own_cpu_seconds(pid)
     if total is None:
         return None
-    for child in _children(pid):
+    for child in child_pids(pid):
         total += cpu_seconds(child) or 0.0
     return total
 

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import grpc
 
+from benchmarks.loadtest.cpu import child_pids, own_cpu_seconds
 from vitrine.v1 import common_pb2, profile_pb2, profile_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -96,28 +97,9 @@ def make_events(n: int, users: int, prefix: str, now_ms: int, seed: int) -> list
     return out
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc); 0 once it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def child_pids(pid: int) -> list[int]:
-    out = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            out += [int(c) for c in (task / "children").read_text().split()]
-        except OSError:
-            continue
-    return out
-
-
 def tree_cpu(pid: int) -> dict[int, float]:
     """CPU seconds of the server and each of its child processes (the writer process)."""
-    return {p: cpu_seconds(p) for p in (pid, *child_pids(pid))}
+    return {p: own_cpu_seconds(p) or 0.0 for p in (pid, *child_pids(pid))}
 
 
 def cpu_since(before: dict[int, float], pid: int) -> tuple[float, str]:
