@@ -72,4 +72,6 @@ class RecommendationConfig(ServerConfig):
     budget_tolerance: float = _f(1.5, "prices above budget x this are demoted")
     trending_half_life_hours: float = _f(24.0, "half-life of trending counts")
     snapshot_seconds: float = _f(60.0, "how often real-time signals are saved (0 = only at stop)")
+    model_poll_seconds: float = _f(10.0, "how often models/current is checked; a new or rolled-back version "
+                                   "is loaded and swapped in (0 = only at start)")
     max_message_mb: int = _f(64, "largest gRPC message, MiB (Train with inline sessions)")

@@ -125,6 +125,7 @@ class RecommendationService:
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._snapshot_task: asyncio.Task[None] | None = None
         self._trending_task: asyncio.Task[None] | None = None
+        self._model_task: asyncio.Task[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     def add_to_server(self, server: grpc.aio.Server) -> None:
@@ -146,11 +147,13 @@ class RecommendationService:
         if self.config.snapshot_seconds > 0:
             self._snapshot_task = asyncio.create_task(self._snapshot_loop())
         self._trending_task = asyncio.create_task(self._trending_loop())
+        if self.config.model_poll_seconds > 0:
+            self._model_task = asyncio.create_task(self._model_loop())
         log.info("recommendation ready: %d products, model %s", len(self.catalog), version or "none",
                  extra={"fields": {"products": len(self.catalog), "model_version": version or ""}})
 
     async def stop(self) -> None:
-        for task in (self._snapshot_task, self._trending_task):
+        for task in (self._snapshot_task, self._trending_task, self._model_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -184,6 +187,33 @@ class RecommendationService:
                     self.recommender.set_trending(cache)
                 except Exception:
                     log.exception("refreshing the trending pool failed")
+
+    async def _model_loop(self) -> None:
+        """Follow `models/current`: replicas sharing a model volume with a trainer (Kubernetes) pick up
+        a new version, or a rollback, without a restart."""
+        while True:
+            await asyncio.sleep(self.config.model_poll_seconds)
+            try:
+                await self.follow_current_model()
+            except Exception:
+                log.exception("loading the model named by models/current failed; keeping the one in use")
+
+    async def follow_current_model(self) -> bool:
+        """Load and swap in the version `models/current` names if it is not the one in use."""
+        if self._train_lock.locked():  # this process is the writer of `current`: Train swaps it itself
+            return False
+        version = await asyncio.to_thread(self.models.current_version)
+        in_use = self.recommender.model
+        if not version or (in_use is not None and in_use.version == version):
+            return False
+        started = time.perf_counter()
+        model = await asyncio.to_thread(self.models.load, version, self.catalog.row_of, len(self.catalog))
+        if self._train_lock.locked() or self.recommender.model is not in_use:
+            return False  # a Train started meanwhile; it decides
+        self.recommender.model = model
+        log.info("model %s in use (from models/current), loaded in %.1fs", version, time.perf_counter() - started,
+                 extra={"fields": {"model_version": version, "previous": in_use.version if in_use else ""}})
+        return True
 
     # -- catalog -----------------------------------------------------------------------------
     async def upsert(self, products: AsyncIterable[common_pb2.Product]) -> Summary:

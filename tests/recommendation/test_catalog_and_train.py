@@ -4,6 +4,7 @@ persistence across a restart, and a model swap under load."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -291,3 +292,43 @@ async def test_trending_pool_refresh_off_the_request_path(store: Harness) -> Non
     cache = await asyncio.to_thread(rec.compute_trending)
     rec.set_trending(cache)
     assert not rec.trending_is_stale() and cache.rows[0] == store.service.catalog.row_of[product_id(5, 9)]
+
+
+async def test_a_serving_replica_follows_models_current(tmp_path: Path) -> None:
+    """A trainer elsewhere (sharing the model volume) writes a version and repoints `current`:
+    the serving service swaps it in without a restart, and follows a rollback too."""
+    service = build_service(config_for(tmp_path, model_poll_seconds=0.05))
+    async with serving(service, service.config) as running, \
+            grpc.aio.insecure_channel(running.address) as channel:
+        stub = recommend_pb2_grpc.RecommendServiceStub(channel)
+        await stub.UpsertProducts(iter(catalog()), timeout=10)
+        first = (await stub.Train(train_request(sessions(), dimensions=16), timeout=60)).model_version
+        second = first + "-replica"
+        shutil.copytree(service.models.directory / first, service.models.directory / second)
+
+        async def version_in_use(expected: str) -> str:
+            for _ in range(100):
+                info = await stub.GetModelInfo(recommend_pb2.GetModelInfoRequest(), timeout=5)
+                if info.model_version == expected:
+                    break
+                await asyncio.sleep(0.05)
+            return info.model_version
+
+        service.models.set_current(second)
+        assert await version_in_use(second) == second
+        reply = await stub.Recommend(recommend_pb2.RecommendRequest(
+            strategy=recommend_pb2.SIMILAR, k=5, product_id=product_id(0, 0)), timeout=5)
+        assert reply.model_version == second and len(reply.items) == 5
+        service.models.set_current(first)  # roll back
+        assert await version_in_use(first) == first
+        assert not await service.follow_current_model()  # nothing new: no reload
+
+
+async def test_a_broken_model_directory_keeps_the_model_in_use(store: Harness) -> None:
+    version = store.service.model.version  # type: ignore[union-attr]
+    broken = store.service.models.directory / "broken-version"
+    broken.mkdir()
+    store.service.models.set_current("broken-version")
+    with pytest.raises(FileNotFoundError):
+        await store.service.follow_current_model()
+    assert store.service.model.version == version  # type: ignore[union-attr]
