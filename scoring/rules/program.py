@@ -3,6 +3,8 @@
     program = compile_program([rule_a.expr, rule_b.expr, ...])
     features = program.features(numbers, strings)   # values of program.numbers / program.strings
     hits = program.matching(features, now_ms)       # indices of the outputs that are true
+    hits = program.matching_windows(features, now_ms, spec, message, today, first)  # events() windows
+                                                    # summed from a serialized profile in the same call
 
 Every distinct access the outputs read is one feature slot, read once per request by the
 caller: numbers and booleans (1.0 / 0.0) first, then strings as integer codes of a symbol
@@ -26,6 +28,7 @@ import numba
 import numpy as np
 
 from scoring.rules import ir
+from scoring.rules.daily import _BYTES, _window_sums
 from scoring.rules.ir import VT, Access
 
 # Opcodes. An instruction is one row (op, dst, a, b, c) of int64 registers / operands.
@@ -35,11 +38,8 @@ _ARITH = {"+": ADD, "-": SUB, "*": MUL}
 
 
 # A 1-d `code` (rows of 5 flattened): numba's dispatcher types 2-d arguments much more slowly.
-# No nogil: releasing the GIL for a few microseconds of work costs more than it frees, and lets
-# another thread (gRPC's) take the GIL mid-request.
-@numba.njit(numba.int64[::1](numba.int64[::1], numba.float64[::1], numba.float64[::1], numba.float64),
-            cache=True)
-def _run(code, consts, features, now):  # pragma: no cover - compiled
+@numba.njit(cache=True, inline="always")
+def _execute(code, consts, features, now):  # pragma: no cover - compiled
     """Registers: [features | consts | temporaries]; row 0 of `code` is (registers, outputs, 0, 0, 0)."""
     nf = features.shape[0]
     nc = consts.shape[0]
@@ -97,6 +97,29 @@ def _run(code, consts, features, now):  # pragma: no cover - compiled
     return out[:hits]
 
 
+_I64S = numba.int64[::1]
+_F64S = numba.float64[::1]
+
+
+# No nogil: releasing the GIL for a few microseconds of work costs more than it frees, and lets
+# another thread (gRPC's) take the GIL mid-request.
+@numba.njit(_I64S(_I64S, _F64S, _F64S, numba.float64), cache=True)
+def _run(code, consts, features, now):  # pragma: no cover - compiled
+    return _execute(code, consts, features, now)
+
+
+# The events() windows and the program in one call: each Numba call costs ~1 us of dispatch.
+# Numba's cache does not see changes to callees in other files: after editing daily.py's kernels,
+# clear scoring/rules/__pycache__ (or touch this file) so this one is recompiled too.
+@numba.njit(_I64S(_I64S, _F64S, _F64S, numba.float64, _BYTES, _I64S, numba.int64, numba.int64), cache=True)
+def _run_windows(code, consts, features, now, message, spec, today, first):  # pragma: no cover - compiled
+    sums = _window_sums(message, spec, today)
+    if sums.shape[0] > 0 and np.isnan(sums[0]):  # malformed message
+        return np.full(1, -1, dtype=np.int64)
+    features[first:first + sums.shape[0]] = sums
+    return _execute(code, consts, features, now)
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Program:
     """Compiled outputs over a feature vector; build with compile_program()."""
@@ -133,6 +156,19 @@ class Program:
         if features.shape[0] != len(self.numbers) + len(self.strings):  # the kernel would misplace the constants
             raise ValueError(f"expected {len(self.numbers) + len(self.strings)} features, got {features.shape[0]}")
         return _run(self.code, self.consts, features, float(now_ms))
+
+    def matching_windows(self, features: np.ndarray, now_ms: int, spec: np.ndarray, message: bytes, today: int,
+                         first: int) -> np.ndarray | None:
+        """matching() after writing the events windows of `spec` (a scoring.rules.daily.WindowPlan's),
+        summed from the serialized `message`, into features[first:first + windows], in one kernel
+        call. None when the message is malformed (features unchanged)."""
+        windows = (spec.shape[0] - 4) // 2
+        if features.shape[0] != len(self.numbers) + len(self.strings) or not 0 <= first <= len(self.numbers) - windows:
+            raise ValueError(f"expected {len(self.numbers) + len(self.strings)} features with {windows} windows "
+                             f"among the {len(self.numbers)} numbers from {first}")
+        hits = _run_windows(self.code, self.consts, features, float(now_ms), np.frombuffer(message, dtype=np.uint8),
+                            spec, today, first)
+        return None if hits.shape[0] == 1 and hits[0] < 0 else hits
 
 
 class _Builder:

@@ -113,17 +113,33 @@ def valid_context_value(value: str) -> bool:
     return 0 < len(value) <= cfg.MAX_CONTEXT_VALUE_CHARS and value.isprintable()
 
 
-_FAMILY_VALUES = operator.attrgetter(*(f.field for f in CONTEXT_FAMILIES))
-_FAMILY_KEYS = tuple((f.priority, f.prefix + ":") for f in CONTEXT_FAMILIES)
+_BEST_FIRST = sorted(CONTEXT_FAMILIES, key=lambda f: (-f.priority, f.prefix))  # the order Evaluate merges in
+_FAMILY_VALUES = operator.attrgetter(*(f.field for f in _BEST_FIRST))
+_FAMILY_KEYS = tuple((f.priority, f.prefix + ":") for f in _BEST_FIRST)
+# Context values repeat across requests (a few devices, countries, sources, campaigns): the
+# segments of the last few distinct value tuples, so a request does not rebuild the same ids.
+_CACHE_SIZE = 256
+_cache: dict[tuple[tuple[str, ...], tuple[str, ...] | None], tuple[tuple[int, str], ...]] = {}
 
 
-def context_segments(profile: common_pb2.Profile, context: common_pb2.Context) -> list[tuple[int, str]]:
-    """(priority, segment_id) of the context-derived built-ins: the request context's value, or the
-    profile's last_context value when the request leaves that field empty."""
+def context_segments(profile: common_pb2.Profile, context: common_pb2.Context) -> tuple[tuple[int, str], ...]:
+    """(priority, segment_id) of the context-derived built-ins, best first: the request context's
+    value, or the profile's last_context value when the request leaves that field empty."""
+    values = _FAMILY_VALUES(context)
+    # last_context matters only for the fields the request leaves empty: often none.
+    key = (values, _FAMILY_VALUES(profile.last_context) if "" in values else None)
+    found = _cache.get(key)
+    if found is None:
+        if len(_cache) >= _CACHE_SIZE:
+            _cache.clear()  # bounded; refilling costs one miss per distinct tuple
+        found = _cache[key] = _context_segments(values, key[1] or values)
+    return found
+
+
+def _context_segments(values: tuple[str, ...], lasts: tuple[str, ...]) -> tuple[tuple[int, str], ...]:
     out = []
-    for (priority, prefix), value, last in zip(_FAMILY_KEYS, _FAMILY_VALUES(context),
-                                               _FAMILY_VALUES(profile.last_context), strict=True):
+    for (priority, prefix), value, last in zip(_FAMILY_KEYS, values, lasts, strict=True):
         value = value or last
-        if value and len(value) <= cfg.MAX_CONTEXT_VALUE_CHARS and value.isprintable():  # valid_context_value
+        if valid_context_value(value):
             out.append((priority, prefix + value))
-    return out
+    return tuple(out)

@@ -338,23 +338,21 @@ class SegmentEngine:
         profile = profile if profile is not None else _EMPTY_PROFILE
         context = context if context is not None else _EMPTY_CONTEXT
         now = now or self._clock()
-        hits = state.program.matching(state.reader.read(profile, context, now), now).tolist()
-        split = bisect.bisect_left(hits, len(state.rule_ids))
+        rule_ids = state.rule_ids
+        hits = state.reader.matching(profile, context, now).tolist()
+        split = bisect.bisect_left(hits, len(rule_ids))
         rule_hits = hits[:split]  # outputs are in rank order already
-        ids = list(map(state.rule_ids.__getitem__, rule_hits))
-        family = builtins.context_segments(profile, context)
-        if family:  # merge in by (-priority, id): find the place among the hits (ints), not by tuples
-            places = []
-            for priority, segment_id in family:
-                lo, hi = state.same_priority[priority]
-                at = bisect.bisect_left(rule_hits, lo)
-                while at < split and rule_hits[at] < hi and state.rule_ids[rule_hits[at]] < segment_id:
-                    at += 1
-                places.append((at, -priority, segment_id))
-            places.sort()
-            for at, _, segment_id in reversed(places):
-                ids.insert(at, segment_id)
-        return ids, list(map(state.offer_at.__getitem__, hits[split:]))  # type: ignore[arg-type]
+        ids = [rule_ids[i] for i in rule_hits]  # (a comprehension: ~2x cheaper than map(__getitem__))
+        # Merge the families in by (-priority, id), finding each place among the hits (ints), not by
+        # tuples. They come best first, so their places ascend: insert from the last, no sorting.
+        for priority, segment_id in reversed(builtins.context_segments(profile, context)):
+            lo, hi = state.same_priority[priority]
+            at = bisect.bisect_left(rule_hits, lo)
+            while at < split and rule_hits[at] < hi and rule_ids[rule_hits[at]] < segment_id:
+                at += 1
+            ids.insert(at, segment_id)
+        offer_at = state.offer_at
+        return ids, [offer_at[i] for i in hits[split:]]  # type: ignore[misc]
 
     def rule_for_estimate(self, segment_id: str = "", rule: str = "") -> CompiledRule:
         if rule:

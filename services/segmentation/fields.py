@@ -90,22 +90,24 @@ _DAILY_FIELD = common_pb2.Profile.DESCRIPTOR.fields_by_name["daily_events"].numb
 _DAILY_FIELDS = {f.name: f.number for f in common_pb2.DailyEventCount.DESCRIPTOR.fields}
 
 
-def _cart_totals(profile: common_pb2.Profile) -> dict[str, float]:
-    """cart_size and cart_value in one pass over the cart (a quantity of 0 counts 1)."""
+def _cart_totals(profile: common_pb2.Profile) -> tuple[float, float]:
+    """(cart_size, cart_value) in one pass over the cart (a quantity of 0 counts 1)."""
     size = value = 0.0
     for item in profile.cart:
-        quantity = item.quantity if item.quantity > 0 else 1
+        quantity = item.quantity  # each protobuf attribute read costs: read it once
+        if quantity <= 0:
+            quantity = 1
         size += quantity
         value += item.price * quantity
-    return {"cart_size": size, "cart_value": value}
+    return size, value
 
 
 def _cart_size(profile: common_pb2.Profile) -> float:
-    return _cart_totals(profile)["cart_size"]
+    return _cart_totals(profile)[0]
 
 
 def _cart_value(profile: common_pb2.Profile) -> float:
-    return _cart_totals(profile)["cart_value"]
+    return _cart_totals(profile)[1]
 
 
 def _cart_product_ids(profile: common_pb2.Profile) -> list[str]:
@@ -151,15 +153,21 @@ class EventWindows:
     def sums(self, profile: common_pb2.Profile, now_ms: int) -> list[float]:
         """Few counters: one Python pass over them. Many: one pass of the compiled kernel over the
         serialized message (serializing costs less than reading ~20 counters in Python)."""
-        today = now_ms // DAY_MS
-        counters = profile.daily_events
-        if len(counters) > KERNEL_MIN_COUNTERS and self.plan is not None:
-            sums = self.plan.sums(profile.SerializeToString(), today)
+        if self.use_kernel(profile):
+            sums = self.plan.sums(profile.SerializeToString(), now_ms // DAY_MS)  # type: ignore[union-attr]
             if sums is not None:
                 return sums
+        return self.counted(profile, now_ms)
+
+    def use_kernel(self, profile: common_pb2.Profile) -> bool:
+        return self.plan is not None and len(profile.daily_events) > KERNEL_MIN_COUNTERS
+
+    def counted(self, profile: common_pb2.Profile, now_ms: int) -> list[float]:
+        """The sums through the protobuf API, one pass over the counters."""
+        today = now_ms // DAY_MS
         totals = [0] * len(self.accesses)
         windows = self.windows
-        for entry in counters:
+        for entry in profile.daily_events:
             wanted = windows.get(entry.type)
             if wanted is not None:
                 day = entry.day
@@ -185,8 +193,9 @@ def _group(access: Access) -> tuple[str, str]:
 
 
 def reading_order(accesses: Iterable[Access]) -> list[Access]:
-    """Accesses sorted so that each group is contiguous: the slot order FeatureReader reads fastest."""
-    return sorted(accesses, key=_group)
+    """Accesses sorted so that each group is contiguous: the slot order FeatureReader reads fastest
+    (cart_size before cart_value, the order _cart_totals returns them in)."""
+    return sorted(accesses, key=lambda a: (_group(a), a.field if a.field in _DERIVED else ""))
 
 
 def _part(group: tuple[str, str], accesses: Sequence[Access]) -> Part:
@@ -197,12 +206,11 @@ def _part(group: tuple[str, str], accesses: Sequence[Access]) -> Part:
         one = operator.attrgetter(*paths)
         get = one if len(paths) > 1 else (lambda m: (one(m),))
         return (lambda p, c, now: get(c)) if on_context else (lambda p, c, now: get(p))
-    if kind == "cart":
-        names = [a.field for a in accesses]
-        return lambda p, c, now: [totals[n] for totals in (_cart_totals(p),) for n in names]
-    if kind == "events":
-        windows = EventWindows(accesses)
-        return lambda p, c, now: windows.sums(p, now)
+    if kind == "cart":  # cart_size and/or cart_value from one pass over the cart
+        picks = tuple(int(a.field == "cart_value") for a in accesses)
+        if picks == (0, 1):  # both, in reading_order's order: the totals as they come
+            return lambda p, c, now: _cart_totals(p)
+        return lambda p, c, now: [totals[i] for totals in (_cart_totals(p),) for i in picks]
     if kind == "size":
         raws = [_raw(a.field) for a in accesses]
         return lambda p, c, now: [len(raw(p)) for raw in raws]
@@ -230,22 +238,61 @@ class FeatureReader:
     """Reads a rule program's feature vector from Profile/Context messages, with the meaning of
     scoring.rules.plain: scalars with one C-level attrgetter call per message and type, map
     entries straight from the protobuf map, list membership through one frozenset per list,
-    all events windows in one pass. Build the program over `reading_order(...)` so that each
-    part reads a contiguous run of slots."""
+    all events windows in one pass (many counters: by the program's kernel, see matching()).
+    Build the program over `reading_order(...)` so that each part reads a contiguous run of slots."""
 
     def __init__(self, program: Program) -> None:
         self.program = program
-        self._numbers = _parts(program.numbers)
+        numbers = list(program.numbers)
+        events = [a for a in numbers if a.kind == "events"]  # read apart: see _vector
+        self._first = numbers.index(events[0]) if events else 0
+        after = self._first + len(events)
+        if numbers[self._first:after] != events:
+            raise ValueError("events() windows must be contiguous feature slots: build the program over "
+                             "reading_order(...)")
+        self._events = EventWindows(events)
+        self._zeros = [0.0] * len(events)
+        self._before = _parts(numbers[:self._first])
+        self._after = _parts(numbers[after:])
         self._strings = _parts(program.strings)
 
-    def read(self, profile: common_pb2.Profile, context: common_pb2.Context, now_ms: int) -> np.ndarray:
-        numbers: list[Any] = []
-        for part in self._numbers:
-            numbers += part(profile, context, now_ms)
+    def _vector(self, profile: common_pb2.Profile, context: common_pb2.Context,
+                now_ms: int) -> tuple[np.ndarray, bytes | None]:
+        """The feature vector, and the serialized profile when the events windows are left at 0
+        for the kernel to sum from it (many counters)."""
+        values: list[Any] = []
+        for part in self._before:
+            values += part(profile, context, now_ms)
+        message = None
+        if self._events.use_kernel(profile):
+            message = profile.SerializeToString()
+            values += self._zeros
+        elif self._zeros:
+            values += self._events.counted(profile, now_ms)
+        for part in self._after:
+            values += part(profile, context, now_ms)
         strings: list[Any] = []
         for part in self._strings:
             strings += part(profile, context, now_ms)
-        return self.program.features(numbers, strings)
+        values += self.program.encode(strings)  # one list of values, one conversion to the vector
+        return np.array(values, dtype=np.float64), message
+
+    def read(self, profile: common_pb2.Profile, context: common_pb2.Context, now_ms: int) -> np.ndarray:
+        features, message = self._vector(profile, context, now_ms)
+        if message is not None:
+            features[self._first:self._first + len(self._zeros)] = self._events.sums(profile, now_ms)
+        return features
+
+    def matching(self, profile: common_pb2.Profile, context: common_pb2.Context, now_ms: int) -> np.ndarray:
+        """program.matching(read(...)), with the events windows summed inside the program's kernel."""
+        features, message = self._vector(profile, context, now_ms)
+        if message is not None:
+            hits = self.program.matching_windows(features, now_ms, self._events.plan.spec,  # type: ignore[union-attr]
+                                                 message, now_ms // DAY_MS, self._first)
+            if hits is not None:
+                return hits
+            features[self._first:self._first + len(self._zeros)] = self._events.counted(profile, now_ms)
+        return self.program.matching(features, now_ms)
 
 
 def _batch_values(access: Access) -> Callable[[Sequence[common_pb2.Profile]], Iterable[Any]]:
@@ -322,5 +369,6 @@ def warm_up() -> None:
         profile.daily_events.add(day=day, type=common_pb2.PURCHASE, count=1)
     for p in (profile, common_pb2.Profile()):
         program.matching(reader.read(p, common_pb2.Context(), 30 * DAY_MS), 30 * DAY_MS)
+        reader.matching(p, common_pb2.Context(), 30 * DAY_MS)
     rule.evaluate_columns(ColumnExtractor(rule.accesses).batch([profile, common_pb2.Profile()], 30 * DAY_MS),
                           30 * DAY_MS)

@@ -70,5 +70,5 @@ def message_matches(rules: Sequence[CompiledRule], profile: Any, context: Any, n
 
     program = compile_program([r.expr for r in rules],
                               reading_order(dict.fromkeys(a for r in rules for a in r.accesses)))
-    hits = set(program.matching(FeatureReader(program).read(profile, context, now), now).tolist())
+    hits = set(FeatureReader(program).matching(profile, context, now).tolist())
     return [i in hits for i in range(len(rules))]

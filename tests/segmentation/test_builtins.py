@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import operator
+
 import pytest
 
+from services.segmentation import builtins
 from services.segmentation import config as cfg
 from services.segmentation.engine import SegmentEngine
 from vitrine.v1 import common_pb2 as c
@@ -100,3 +103,25 @@ def test_order_is_priority_then_id(engine: SegmentEngine) -> None:
     profile = c.Profile(visit_count=5, purchase_count=3, registered=True, last_purchase_ms=NOW - 70 * DAY,
                         rfm=c.Rfm(r_score=5, f_score=5, m_score=5))
     assert segments(engine, profile) == ["vip", "at_risk", "returning_customer", "registered"]
+
+
+def _uncached_context_segments(profile: c.Profile, context: c.Context) -> list[tuple[int, str]]:
+    """The definition, value by value (the ids' order among themselves is by priority)."""
+    out = []
+    for family in builtins.CONTEXT_FAMILIES:
+        value = operator.attrgetter(family.field)(context) or operator.attrgetter(family.field)(profile.last_context)
+        if builtins.valid_context_value(value):
+            out.append((family.priority, f"{family.prefix}:{value}"))
+    return sorted(out, key=lambda s: -s[0])
+
+
+def test_context_segments_cache_answers_as_the_definition() -> None:
+    # More distinct value tuples than the cache holds, each asked twice, with and without last_context.
+    for i in range(2 * builtins._CACHE_SIZE + 10):
+        context = c.Context(country=f"C{i % 7}", device_type="" if i % 3 else "mobile",
+                            traffic_source="" if i % 5 == 0 else f"s{i}", utm=c.Utm(campaign="" if i % 2 else "x"))
+        for profile in (c.Profile(), c.Profile(last_context=c.Context(device_type=f"d{i % 4}", traffic_source="ref",
+                                                                     utm=c.Utm(campaign="last"), country="ZZ"))):
+            for _ in range(2):
+                assert list(builtins.context_segments(profile, context)) == _uncached_context_segments(profile, context)
+    assert len(builtins._cache) <= builtins._CACHE_SIZE
