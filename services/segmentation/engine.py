@@ -7,12 +7,12 @@ whole (copy on write), so a request always sees one consistent set of rules and 
 from __future__ import annotations
 
 import asyncio
-import bisect
 import dataclasses
 import functools
 import logging
 import math
 import time
+from bisect import bisect_left, bisect_right
 from collections.abc import AsyncIterable, Callable, Sequence
 
 import numpy as np
@@ -60,7 +60,7 @@ class _State:
     offers: dict[str, segment_pb2.Offer]
     rule_ids: tuple[str, ...]                     # segment id of program output i, best first
     same_priority: dict[int, tuple[int, int]]     # family priority -> outputs [lo, hi) of that priority
-    offer_at: tuple[segment_pb2.Offer | None, ...]  # the offer of program output i (after the rules)
+    output_at: np.ndarray                         # object array: output i's segment id (rules), then Offer
     ranked_offers: tuple[_Offer, ...]             # best first
     program: Program                              # every rule, then every offer's targeting
     reader: FeatureReader
@@ -157,14 +157,20 @@ class SegmentEngine:
                                                            for o in ranked]
         accesses = reading_order(dict.fromkeys(a for e in outputs for a in ir.accesses(e)))
         program = compile_program(outputs, accesses, windows)
+        # Evaluate turns the kernel's hit indices into ids and offers with one NumPy gather
+        # (`output_at[hits]`, ~1 us for 60 hits) instead of two Python comprehensions (~3.3 us).
+        # Filled item by item: np.array(...) would try to unpack the protobuf messages.
+        output_at = np.empty(len(outputs), dtype=object)
+        for i, item in enumerate([i for _, i, _ in rules] + [o.offer for o in ranked]):
+            output_at[i] = item
         return _State(
             segments=segments,
             compiled=compiled,
             offers=offers,
             rule_ids=tuple(i for _, i, _ in rules),
-            same_priority={f.priority: (bisect.bisect_left(ranks, -f.priority), bisect.bisect_right(ranks, -f.priority))
+            same_priority={f.priority: (bisect_left(ranks, -f.priority), bisect_right(ranks, -f.priority))
                            for f in builtins.CONTEXT_FAMILIES},
-            offer_at=(None,) * len(rules) + tuple(o.offer for o in ranked),
+            output_at=output_at,
             ranked_offers=tuple(ranked),
             program=program,
             reader=FeatureReader(program),
@@ -339,20 +345,22 @@ class SegmentEngine:
         context = context if context is not None else _EMPTY_CONTEXT
         now = now or self._clock()
         rule_ids = state.rule_ids
-        hits = state.reader.matching(profile, context, now).tolist()
-        split = bisect.bisect_left(hits, len(rule_ids))
-        rule_hits = hits[:split]  # outputs are in rank order already
-        ids = [rule_ids[i] for i in rule_hits]  # (a comprehension: ~2x cheaper than map(__getitem__))
+        hits = state.reader.matching(profile, context, now)
+        ranks = hits.tolist()
+        split = bisect_left(ranks, len(rule_ids))  # outputs: the rules in rank order, then the offers
+        found = state.output_at[hits].tolist()
+        ids = found[:split]
         # Merge the families in by (-priority, id), finding each place among the hits (ints), not by
         # tuples. They come best first, so their places ascend: insert from the last, no sorting.
+        same_priority = state.same_priority
         for priority, segment_id in reversed(builtins.context_segments(profile, context)):
-            lo, hi = state.same_priority[priority]
-            at = bisect.bisect_left(rule_hits, lo)
-            while at < split and rule_hits[at] < hi and rule_ids[rule_hits[at]] < segment_id:
-                at += 1
+            lo, hi = same_priority[priority]
+            at = bisect_left(ranks, lo, 0, split)
+            if lo != hi:  # rules of the family's priority: after those of them that match with a smaller id
+                while at < split and ranks[at] < hi and rule_ids[ranks[at]] < segment_id:
+                    at += 1
             ids.insert(at, segment_id)
-        offer_at = state.offer_at
-        return ids, [offer_at[i] for i in hits[split:]]  # type: ignore[misc]
+        return ids, found[split:]
 
     def rule_for_estimate(self, segment_id: str = "", rule: str = "") -> CompiledRule:
         if rule:
