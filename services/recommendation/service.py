@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,10 +145,16 @@ class RecommendationService:
                 self.models.load, version, self.catalog.row_of, len(self.catalog))
         warm_up()
         if self.config.snapshot_seconds > 0:
-            self._snapshot_task = asyncio.create_task(self._snapshot_loop())
-        self._trending_task = asyncio.create_task(self._trending_loop())
+            self._snapshot_task = asyncio.create_task(self._every(
+                self.config.snapshot_seconds, self.save_signals, "saving the signals snapshot failed"))
+        self._trending_task = asyncio.create_task(self._every(
+            TRENDING_REFRESH_MS / 1000, self.refresh_trending, "refreshing the trending pool failed"))
         if self.config.model_poll_seconds > 0:
-            self._model_task = asyncio.create_task(self._model_loop())
+            # Replicas sharing a model volume with a trainer (Kubernetes) pick up a new version, or
+            # a rollback, without a restart.
+            self._model_task = asyncio.create_task(self._every(
+                self.config.model_poll_seconds, self.follow_current_model,
+                "loading the model named by models/current failed; keeping the one in use"))
         log.info("recommendation ready: %d products, model %s", len(self.catalog), version or "none",
                  extra={"fields": {"products": len(self.catalog), "model_version": version or ""}})
 
@@ -169,34 +175,20 @@ class RecommendationService:
         snap = self.signals.snapshot(list(self.catalog.ids))
         await asyncio.to_thread(Signals.write, self.directory / SNAPSHOT_FILE, snap)
 
-    async def _snapshot_loop(self) -> None:
+    @staticmethod
+    async def _every(seconds: float, action: Callable[[], Awaitable[object]], failure: str) -> None:
+        """Run `action` every `seconds` until cancelled; a failure is logged and the loop goes on."""
         while True:
-            await asyncio.sleep(self.config.snapshot_seconds)
+            await asyncio.sleep(seconds)
             try:
-                await self.save_signals()
+                await action()
             except Exception:
-                log.exception("saving the signals snapshot failed")
+                log.exception(failure)
 
-    async def _trending_loop(self) -> None:
+    async def refresh_trending(self) -> None:
         """Keep the trending pool fresh off the request path (ranking 1M counts takes ~10 ms)."""
-        while True:
-            await asyncio.sleep(TRENDING_REFRESH_MS / 1000)
-            if self.recommender.trending_is_stale():
-                try:
-                    cache = await asyncio.to_thread(self.recommender.compute_trending)
-                    self.recommender.set_trending(cache)
-                except Exception:
-                    log.exception("refreshing the trending pool failed")
-
-    async def _model_loop(self) -> None:
-        """Follow `models/current`: replicas sharing a model volume with a trainer (Kubernetes) pick up
-        a new version, or a rollback, without a restart."""
-        while True:
-            await asyncio.sleep(self.config.model_poll_seconds)
-            try:
-                await self.follow_current_model()
-            except Exception:
-                log.exception("loading the model named by models/current failed; keeping the one in use")
+        if self.recommender.trending_is_stale():
+            self.recommender.set_trending(await asyncio.to_thread(self.recommender.compute_trending))
 
     async def follow_current_model(self) -> bool:
         """Load and swap in the version `models/current` names if it is not the one in use."""
