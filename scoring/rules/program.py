@@ -3,9 +3,8 @@
     program = compile_program([rule_a.expr, rule_b.expr, ...])
     features = program.features(numbers, strings)   # values of program.numbers / program.strings
     hits = program.matching(features, now_ms)       # indices of the outputs that are true
-    hits = program.matching_windows(features, now_ms, spec, message, today, first)  # events() windows
-                                                    # summed from a serialized profile in the same call
-    run = program.windows_runner(spec, first)       # the same, checked once for per-request calls
+    # scoring.rules.wire.WireProgram: the features read from a serialized message, then the
+    # program run, in one kernel call
 
 Every distinct access the outputs read is one feature slot, read once per request by the
 caller: numbers and booleans (1.0 / 0.0) first, then strings as integer codes of a symbol
@@ -23,13 +22,12 @@ which gives the same results because no operation can fail (see the README).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numba
 import numpy as np
 
 from scoring.rules import ir
-from scoring.rules.daily import _RAW, _window_sums
 from scoring.rules.ir import VT, Access
 
 # Opcodes. An instruction is one row (op, dst, a, b, c) of int64 registers / operands.
@@ -43,10 +41,15 @@ _ARITH = {"+": ADD, "-": SUB, "*": MUL}
 def _execute(code, consts, features, now):  # pragma: no cover - compiled
     """Registers: [features | consts | temporaries]; row 0 of `code` is (registers, outputs, 0, 0, 0)."""
     nf = features.shape[0]
-    nc = consts.shape[0]
     reg = np.empty(code[0], dtype=np.float64)
     reg[:nf] = features
-    reg[nf:nf + nc] = consts
+    reg[nf:nf + consts.shape[0]] = consts
+    return _evaluate(code, consts, reg, now)
+
+
+@numba.njit(cache=True, inline="always")
+def _evaluate(code, consts, reg, now):  # pragma: no cover - compiled
+    """Run the program over `reg`, whose features and constants are filled (see _execute)."""
     out = np.empty(code[1], dtype=np.int64)
     hits = 0
     for row in range(5, code.shape[0], 5):
@@ -109,18 +112,6 @@ def _run(code, consts, features, now):  # pragma: no cover - compiled
     return _execute(code, consts, features, now)
 
 
-# The events() windows and the program in one call: each Numba call costs ~1 us of dispatch.
-# Numba's cache does not see changes to callees in other files: after editing daily.py's kernels,
-# clear scoring/rules/__pycache__ (or touch this file) so this one is recompiled too.
-@numba.njit(_I64S(_I64S, _F64S, _F64S, numba.float64, _RAW, _I64S, numba.int64, numba.int64), cache=True)
-def _run_windows(code, consts, features, now, message, spec, today, first):  # pragma: no cover - compiled
-    sums = _window_sums(message, spec, today)
-    if sums.shape[0] > 0 and np.isnan(sums[0]):  # malformed message
-        return np.full(1, -1, dtype=np.int64)
-    features[first:first + sums.shape[0]] = sums
-    return _execute(code, consts, features, now)
-
-
 @dataclasses.dataclass(frozen=True, eq=False)
 class Program:
     """Compiled outputs over a feature vector; build with compile_program()."""
@@ -157,31 +148,6 @@ class Program:
         if features.shape[0] != len(self.numbers) + len(self.strings):  # the kernel would misplace the constants
             raise ValueError(f"expected {len(self.numbers) + len(self.strings)} features, got {features.shape[0]}")
         return _run(self.code, self.consts, features, float(now_ms))
-
-    def matching_windows(self, features: np.ndarray, now_ms: int, spec: np.ndarray, message: bytes, today: int,
-                         first: int) -> np.ndarray | None:
-        """matching() after writing the events windows of `spec` (a scoring.rules.daily.WindowPlan's),
-        summed from the serialized `message`, into features[first:first + windows], in one kernel
-        call. None when the message is malformed (features unchanged)."""
-        return self.windows_runner(spec, first)(features, now_ms, message, today)
-
-    def windows_runner(self, spec: np.ndarray,
-                       first: int) -> Callable[[np.ndarray, int, bytes, int], np.ndarray | None]:
-        """matching_windows with `spec` and `first` checked once: `run(features, now_ms, message, today)`.
-        For a caller that runs the same windows per request (~0.5 us of checks and lookups less)."""
-        windows = (spec.shape[0] - 4) // 2
-        width = len(self.numbers) + len(self.strings)
-        if not 0 <= first <= len(self.numbers) - windows:
-            raise ValueError(f"expected {windows} windows among the {len(self.numbers)} numbers from {first}")
-        code, consts = self.code, self.consts
-
-        def run(features: np.ndarray, now_ms: int, message: bytes, today: int) -> np.ndarray | None:
-            if features.shape[0] != width:  # the kernel would misplace the constants
-                raise ValueError(f"expected {width} features, got {features.shape[0]}")
-            hits = _run_windows(code, consts, features, float(now_ms), message, spec, today, first)
-            return None if hits.shape[0] == 1 and hits[0] < 0 else hits
-
-        return run
 
 
 class _Builder:
@@ -253,6 +219,22 @@ class _Builder:
         raise TypeError(f"cannot compile {e!r}")  # pragma: no cover
 
 
+def _by_level(rows: list[tuple[int, tuple[str, int], tuple[str, int], object, object]]
+              ) -> list[tuple[int, tuple[str, int], tuple[str, int], object, object]]:
+    """Rows in dependency levels, each level grouped by opcode: the kernel then meets runs of one
+    opcode (ten `>=` in a row, then the `and`s), which the CPU's branch predictor follows, instead
+    of a new opcode at every row. A row's level is one more than the deepest row it reads."""
+    level: dict[int, int] = {}
+    keyed = []
+    for position, row in enumerate(rows):
+        op, dst, a, b, _ = row
+        depth = 1 + max((level[x[1]] for x in (a, b) if isinstance(x, tuple) and x[0] == "t"), default=0)
+        level[dst[1]] = depth
+        keyed.append((depth, op, position, row))
+    keyed.sort()
+    return [row for *_, row in keyed]
+
+
 def compile_program(outputs: Sequence[ir.Expr], accesses: Sequence[Access] = (),
                     windows: Sequence[tuple[float, float]] = ()) -> Program:
     """Compile boolean expressions (checked rules) into one program; output i is outputs[i].
@@ -294,7 +276,7 @@ def compile_program(outputs: Sequence[ir.Expr], accesses: Sequence[Access] = (),
         return int(operand)  # type: ignore[call-overload]
 
     rows = [(nf + len(consts) + builder.temps, len(outputs), 0, 0, 0)]
-    rows += [(op, resolve(dst), resolve(a), resolve(b), resolve(c)) for op, dst, a, b, c in builder.rows]
+    rows += [(op, resolve(dst), resolve(a), resolve(b), resolve(c)) for op, dst, a, b, c in _by_level(builder.rows)]
     rows += [(OUT, i, resolve(r), resolve(lo), resolve(hi))
              for i, (r, (lo, hi)) in enumerate(zip(results, bounds, strict=True))]
     return Program(

@@ -21,7 +21,7 @@ from scoring.rules import VT, CompiledRule, Program, RuleError, compile_program,
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from services.segmentation import builtins
 from services.segmentation import config as cfg
-from services.segmentation.fields import SCHEMA, ColumnExtractor, FeatureReader, reading_order
+from services.segmentation.fields import SCHEMA, ColumnExtractor, WireReader, reading_order
 from services.segmentation.store import DefinitionStore
 from vitrine.v1 import common_pb2, segment_pb2
 
@@ -63,7 +63,7 @@ class _State:
     output_at: np.ndarray                         # object array: output i's segment id (rules), then Offer
     ranked_offers: tuple[_Offer, ...]             # best first
     program: Program                              # every rule, then every offer's targeting
-    reader: FeatureReader
+    reader: WireReader
 
 
 def _targeting(segment_ids: Sequence[str], rules: dict[str, ir.Expr]) -> ir.Expr:
@@ -173,7 +173,7 @@ class SegmentEngine:
             output_at=output_at,
             ranked_offers=tuple(ranked),
             program=program,
-            reader=FeatureReader(program),
+            reader=WireReader(program),
         )
 
     async def _rebuild(self, segments: dict[str, segment_pb2.Segment], offers: dict[str, segment_pb2.Offer],

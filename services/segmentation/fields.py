@@ -15,10 +15,12 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
+from google.protobuf import descriptor
 
 from scoring.rules import VT, Access, ColumnBatch, FieldType, Program, Schema, compile_program, compile_rule
 from scoring.rules.daily import WindowPlan
 from scoring.rules.vector import to_column
+from scoring.rules.wire import MALFORMED, Read, WireProgram
 from services.segmentation.config import MAX_EVENT_DAYS
 from vitrine.v1 import common_pb2
 
@@ -241,65 +243,154 @@ def _parts(accesses: Sequence[Access]) -> tuple[tuple[bool, Part], ...]:
 
 
 class FeatureReader:
-    """Reads a rule program's feature vector from Profile/Context messages, with the meaning of
+    """Reads a rule program's feature vector through the protobuf API, with the meaning of
     scoring.rules.plain: scalars with one C-level attrgetter call per message and type, map
     entries straight from the protobuf map, list membership through one frozenset per list,
-    all events windows in one pass (many counters: by the program's kernel, see matching()).
-    Build the program over `reading_order(...)` so that each part reads a contiguous run of slots."""
+    all events windows in one pass. Evaluate reads with WireReader; this is its fallback and
+    the second opinion tests hold it to. Build the program over `reading_order(...)` so that
+    each part reads a contiguous run of slots."""
 
     def __init__(self, program: Program) -> None:
         self.program = program
         numbers = list(program.numbers)
-        events = [a for a in numbers if a.kind == "events"]  # read apart: see _vector
-        self._first = numbers.index(events[0]) if events else 0
-        after = self._first + len(events)
-        if numbers[self._first:after] != events:
+        events = [a for a in numbers if a.kind == "events"]  # read apart, in one pass
+        first = numbers.index(events[0]) if events else 0
+        after = first + len(events)
+        if numbers[first:after] != events:
             raise ValueError("events() windows must be contiguous feature slots: build the program over "
                              "reading_order(...)")
-        self._events = EventWindows(events)
-        self._zeros = [0.0] * len(events)
-        self._before = _parts(numbers[:self._first])
+        self._events = EventWindows(events) if events else None
+        self._before = _parts(numbers[:first])
         self._after = _parts(numbers[after:])
         self._strings = _parts(program.strings)
-        plan = self._events.plan
-        self._run_windows = program.windows_runner(plan.spec, self._first) if plan is not None else None
 
-    def _vector(self, profile: common_pb2.Profile, context: common_pb2.Context,
-                now_ms: int) -> tuple[np.ndarray, bytes | None]:
-        """The feature vector, and the serialized profile when the events windows are left at 0
-        for the kernel to sum from it (many counters)."""
+    def read(self, profile: common_pb2.Profile, context: common_pb2.Context, now_ms: int) -> np.ndarray:
         values: list[Any] = []
         for on_context, part in self._before:
             values += part(context if on_context else profile)
-        message = None
-        if self._events.use_kernel(profile):
-            message = profile.SerializeToString()
-            values += self._zeros
-        elif self._zeros:
-            values += self._events.counted(profile, now_ms)
+        if self._events is not None:
+            values += self._events.sums(profile, now_ms)
         for on_context, part in self._after:
             values += part(context if on_context else profile)
         strings: list[Any] = []
         for on_context, part in self._strings:
             strings += part(context if on_context else profile)
         values += self.program.encode(strings)  # one list of values, one conversion to the vector
-        return np.array(values, dtype=np.float64), message
-
-    def read(self, profile: common_pb2.Profile, context: common_pb2.Context, now_ms: int) -> np.ndarray:
-        features, message = self._vector(profile, context, now_ms)
-        if message is not None:
-            features[self._first:self._first + len(self._zeros)] = self._events.sums(profile, now_ms)
-        return features
+        return np.array(values, dtype=np.float64)
 
     def matching(self, profile: common_pb2.Profile, context: common_pb2.Context, now_ms: int) -> np.ndarray:
-        """program.matching(read(...)), with the events windows summed inside the program's kernel."""
-        features, message = self._vector(profile, context, now_ms)
-        if message is not None:  # only with a plan (use_kernel)
-            hits = self._run_windows(features, now_ms, message, now_ms // DAY_MS)  # type: ignore[misc]
-            if hits is not None:
-                return hits
-            features[self._first:self._first + len(self._zeros)] = self._events.counted(profile, now_ms)
-        return self.program.matching(features, now_ms)
+        return self.program.matching(self.read(profile, context, now_ms), now_ms)
+
+
+# -- reading from the serialized profile and context (the Evaluate path) --------------------
+# The kernel reads one message: an envelope whose field 1 is the profile and field 2 the
+# context, built by concatenating the two serializations behind their tags.
+_PROFILE_IN_ENVELOPE, _CONTEXT_IN_ENVELOPE = 1, 2
+_CART = common_pb2.Profile.DESCRIPTOR.fields_by_name["cart"].number
+_CART_ITEM = {f.name: f.number for f in common_pb2.CartItem.DESCRIPTOR.fields}
+_FD = descriptor.FieldDescriptor
+_INTEGER_TYPES = {_FD.TYPE_INT32, _FD.TYPE_INT64, _FD.TYPE_UINT32, _FD.TYPE_ENUM}
+
+
+def _field_path(message: descriptor.Descriptor, dotted: str) -> tuple[tuple[int, ...], descriptor.FieldDescriptor]:
+    numbers = []
+    for name in dotted.split("."):
+        field = message.fields_by_name[name]
+        numbers.append(field.number)
+        message = field.message_type
+    return tuple(numbers), field
+
+
+def _scalar_op(field: descriptor.FieldDescriptor) -> str:
+    if field.type in _INTEGER_TYPES:
+        return "varint"
+    ops = {_FD.TYPE_BOOL: "bool", _FD.TYPE_DOUBLE: "double", _FD.TYPE_STRING: "string"}
+    if field.type not in ops:
+        raise ValueError(f"{field.full_name}: no wire read for protobuf type {field.type}")
+    return ops[field.type]
+
+
+def wire_read(access: Access) -> Read:
+    """Where `access` is in the envelope, with the meaning FeatureReader gives it."""
+    kind, name, arg = access.kind, access.field, access.arg
+    if kind == "events":
+        code = common_pb2.EventType.Value(name)
+        return Read((_PROFILE_IN_ENVELOPE, _DAILY_FIELD), "window", args=(
+            _DAILY_FIELDS["day"], _DAILY_FIELDS["type"], _DAILY_FIELDS["count"], code, int(arg)))  # type: ignore[arg-type]
+    if name == "cart_size":
+        return Read((_PROFILE_IN_ENVELOPE, _CART), "sum_quantity", args=(_CART_ITEM["quantity"],))
+    if name == "cart_value":
+        return Read((_PROFILE_IN_ENVELOPE, _CART), "sum_price_quantity",
+                    args=(_CART_ITEM["quantity"], _CART_ITEM["price"]))
+    if name == "cart_product_ids":  # the product_id of each cart item
+        path, product = (_PROFILE_IN_ENVELOPE, _CART), _CART_ITEM["product_id"]
+        if kind == "index":
+            return Read(path, "element_index", args=(int(arg), product))  # type: ignore[arg-type]
+        if kind == "contains":
+            return Read(path, "element_contains", key=str(arg), args=(product,))
+        return Read(path, "count")  # size
+    if name.startswith("context."):
+        numbers, field = _field_path(common_pb2.Context.DESCRIPTOR, name.removeprefix("context."))
+        path = (_CONTEXT_IN_ENVELOPE, *numbers)
+    else:
+        numbers, field = _field_path(common_pb2.Profile.DESCRIPTOR, name)
+        path = (_PROFILE_IN_ENVELOPE, *numbers)
+    if kind == "field":
+        return Read(path, _scalar_op(field))
+    if kind == "size":
+        return Read(path, "count")
+    if field.message_type is not None and field.message_type.GetOptions().map_entry:
+        if kind == "contains":
+            return Read(path, "map_has", key=str(arg))
+        value = _scalar_op(field.message_type.fields_by_name["value"])
+        return Read(path, f"map_{value}", key=str(arg))  # key
+    if kind == "index":
+        return Read(path, "index", args=(int(arg),))  # type: ignore[arg-type]
+    return Read(path, "contains", key=str(arg))
+
+
+def _length_prefix(n: int) -> bytes:
+    if n < 0x80:
+        return _SHORT[n]
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+_SHORT = [bytes((n,)) for n in range(0x80)]
+_PROFILE_TAG = bytes((_PROFILE_IN_ENVELOPE << 3 | 2,))
+_CONTEXT_TAG = bytes((_CONTEXT_IN_ENVELOPE << 3 | 2,))
+
+
+def envelope(profile: common_pb2.Profile, context: common_pb2.Context) -> bytes:
+    """The profile and the context as the one message the wire reads address."""
+    p = profile.SerializeToString()
+    c = context.SerializeToString()
+    return b"".join((_PROFILE_TAG, _length_prefix(len(p)), p, _CONTEXT_TAG, _length_prefix(len(c)), c))
+
+
+class WireReader:
+    """A rule program evaluated straight from the serialized profile and context (one kernel call
+    reads every feature and runs the program); FeatureReader's protobuf reads when the bytes
+    are not what the reads expect, which a message this process serialized never is."""
+
+    def __init__(self, program: Program) -> None:
+        self.program = program
+        self.wire = WireProgram(program, [wire_read(a) for a in program.numbers + program.strings], DAY_MS)
+        self._fallback = FeatureReader(program)
+
+    def read(self, profile: common_pb2.Profile, context: common_pb2.Context, now_ms: int) -> np.ndarray:
+        features = self.wire.read(envelope(profile, context), now_ms)
+        return features if features is not None else self._fallback.read(profile, context, now_ms)
+
+    def matching(self, profile: common_pb2.Profile, context: common_pb2.Context, now_ms: int) -> np.ndarray:
+        hits = self.wire.run(envelope(profile, context), float(now_ms))
+        if hits.shape[0] == 1 and hits[0] == MALFORMED:
+            return self._fallback.matching(profile, context, now_ms)
+        return hits
 
 
 def _batch_values(access: Access) -> Callable[[Sequence[common_pb2.Profile]], Iterable[Any]]:

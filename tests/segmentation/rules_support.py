@@ -66,9 +66,9 @@ def vectorized(rule: CompiledRule, rows: Sequence[Mapping[str, Any]], now: int =
 
 def message_matches(rules: Sequence[CompiledRule], profile: Any, context: Any, now: int = NOW) -> list[bool]:
     """Rules compiled against the service schema, in one program over Profile/Context messages."""
-    from services.segmentation.fields import FeatureReader, reading_order
+    from services.segmentation.fields import WireReader, reading_order
 
     program = compile_program([r.expr for r in rules],
                               reading_order(dict.fromkeys(a for r in rules for a in r.accesses)))
-    hits = set(FeatureReader(program).matching(profile, context, now).tolist())
+    hits = set(WireReader(program).matching(profile, context, now).tolist())
     return [i in hits for i in range(len(rules))]

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scoring.rules import compile_program, compile_rule
+from scoring.rules import compile_rule
 from scoring.rules.daily import WindowPlan, window_sums_reference
 from services.segmentation.fields import KERNEL_MIN_COUNTERS, SCHEMA, EventWindows, events_slow
 from vitrine.v1 import common_pb2 as c
@@ -61,23 +61,3 @@ def test_events_windows_agree_on_both_paths(rows: list[tuple[int, int, int]]) ->
     sums = windows.sums(profile, NOW)
     for access, value in zip(windows.accesses, sums, strict=True):
         assert value == events_slow(profile, access.field, access.arg, TODAY), access.key
-
-
-@settings(max_examples=100, deadline=None)
-@given(rows=counters.filter(lambda rows: all(t > 0 for _, t, _ in rows)), wanted=queries)
-def test_windows_inside_the_program_kernel(rows: list[tuple[int, int, int]], wanted: list[tuple[int, int]]) -> None:
-    """Program.matching_windows sums the windows into their slots, then runs the program as matching()."""
-    names = [n for n in sorted(c.EventType.keys()) if c.EventType.Value(n) != 0]
-    rules = [compile_rule(f'events("{names[t % len(names)]}", days={min(d, 365)}) >= {i % 3}', SCHEMA)
-             for i, (t, d) in enumerate(wanted)]
-    program = compile_program([r.expr for r in rules], [a for r in rules for a in r.accesses])
-    windows = EventWindows(program.numbers)
-    assert windows.plan is not None
-    message = profile_of(rows).SerializeToString()
-    sums = windows.plan.sums(message, TODAY)
-    assert sums is not None
-    features = np.zeros(len(program.numbers))
-    hits = program.matching_windows(features.copy(), NOW, windows.plan.spec, message, TODAY, 0)
-    assert hits is not None and hits.tolist() == program.matching(np.array(sums), NOW).tolist()
-    for bad in (b"\xc2\x01\x05\x08", b"\x0b"):
-        assert program.matching_windows(features.copy(), NOW, windows.plan.spec, bad, TODAY, 0) is None

@@ -6,13 +6,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from scoring.rules import compile_program, compile_rule
+from scoring.rules import VT, Access, FieldType, compile_program, compile_rule
 from scoring.rules.plain import features
+from scoring.rules.wire import MALFORMED
 from services.segmentation.engine import count_matching
-from services.segmentation.fields import SCHEMA, FeatureReader, reading_order
+from services.segmentation.fields import SCHEMA, FeatureReader, WireReader, reading_order
 from tests.segmentation.rules_support import message_matches
 from vitrine.v1 import common_pb2 as c
 
@@ -37,7 +39,7 @@ profiles = st.builds(
     traits=st.dictionaries(st.sampled_from(["gender", "tier"]), words, max_size=2),
     rfm=st.builds(c.Rfm, r_score=st.integers(0, 5), f_score=st.integers(0, 5), m_score=st.integers(0, 5),
                   recency_days=money),
-    cart=st.lists(st.builds(c.CartItem, product_id=words, quantity=st.integers(0, 3), price=money), max_size=3),
+    cart=st.lists(st.builds(c.CartItem, product_id=words, quantity=st.integers(-2, 3), price=money), max_size=3),
     consent=st.builds(c.Consent, marketing=st.booleans(), updated_ms=stamps),
     last_context=contexts, first_context=contexts,
     daily_events=st.lists(st.builds(c.DailyEventCount, day=st.integers(TODAY - 40, TODAY + 1),
@@ -55,6 +57,8 @@ RULES = [
     'cart_size >= 2 and cart_value > 1000 and "p1" in cart_product_ids',
     "rfm.r_score + rfm.f_score + rfm.m_score >= 10",
     'last_context.country in ["FR", "a"] and first_context.device_type != "mobile"',
+    'cart_product_ids[1] == "p2" or size(cart_product_ids) == 2 or size(category_affinity) == 1',
+    'first_context.utm.campaign == "spring" and context.screen_width > 3 and traits["tier"] == "q"',
     "customer_id == user_id or context.country == last_context.country",  # unknown strings compared
     'recently_viewed[1] == traits["gender"] and size(purchased_product_ids) > 1 and not has(traits["tier"])',
     'context.device_type == "mobile" and context.utm.campaign == "spring"',
@@ -73,7 +77,7 @@ def to_plain(profile: c.Profile, context: c.Context) -> dict[str, Any]:
         return {"device_type": x.device_type, "country": x.country, "traffic_source": x.traffic_source,
                 "screen_width": x.screen_width, "utm": {"campaign": x.utm.campaign}}
 
-    qty = [i.quantity or 1 for i in profile.cart]
+    qty = [i.quantity if i.quantity > 0 else 1 for i in profile.cart]  # a quantity <= 0 counts 1
     return {
         "user_id": profile.user_id, "customer_id": profile.customer_id, "registered": profile.registered,
         "visit_count": profile.visit_count, "event_count": profile.event_count,
@@ -106,13 +110,14 @@ PROGRAMS = [compile_program([r.expr], reading_order(r.accesses)) for r in compil
 def test_message_accesses_mean_what_plain_accesses_mean(profile: c.Profile, context: c.Context) -> None:
     plain = to_plain(profile, context)
     for program in PROGRAMS:
-        reader = FeatureReader(program)
-        from_message = reader.read(profile, context, NOW)
         from_plain = features(program, plain, NOW)
-        assert from_message.tolist() == from_plain.tolist(), [a.key for a in program.numbers + program.strings]
         expected = program.matching(from_plain, NOW).tolist()
-        assert program.matching(from_message, NOW).tolist() == expected
-        assert reader.matching(profile, context, NOW).tolist() == expected  # windows inside the kernel
+        for reader in (FeatureReader(program), WireReader(program)):  # protobuf API, wire bytes
+            from_message = reader.read(profile, context, NOW)
+            assert from_message.tolist() == from_plain.tolist(), (type(reader).__name__, [
+                a.key for a in program.numbers + program.strings])
+            assert program.matching(from_message, NOW).tolist() == expected
+            assert reader.matching(profile, context, NOW).tolist() == expected
 
 
 async def _stream(items: list[c.Profile], as_bytes: list[bool]) -> AsyncIterator[c.Profile | bytes]:
@@ -129,3 +134,87 @@ async def test_vectorized_estimate_agrees_with_per_profile_evaluation(
     expected = sum(message_matches([rule], p, c.Context(), NOW)[0] for p in batch)
     got = await count_matching(rule, _stream(batch, as_bytes), NOW, chunk_rows=chunk)
     assert got == (expected, len(batch)), rule.source
+
+
+def _every_access() -> list[Access]:
+    """Each schema field read every way a rule can read it."""
+    out: list[Access] = []
+    for name, kind in SCHEMA.fields.items():
+        if kind.is_scalar:
+            t = {FieldType.STRING: VT.STRING, FieldType.BOOL: VT.BOOL}.get(kind, VT.NUMBER)
+            out.append(Access("field", name, None, t))
+        elif kind is FieldType.STRING_LIST:
+            out += [Access("index", name, 0, VT.STRING), Access("index", name, 2, VT.STRING),
+                    Access("contains", name, "p2", VT.BOOL), Access("size", name, None, VT.NUMBER)]
+        else:
+            t = VT.NUMBER if kind is FieldType.NUMBER_MAP else VT.STRING
+            out += [Access("key", name, "running", t), Access("key", name, "tier", t),
+                    Access("contains", name, "tier", VT.BOOL), Access("size", name, None, VT.NUMBER)]
+    out += [Access("events", name, days, VT.NUMBER) for name in ("PURCHASE", "PAGE_VIEW") for days in (1, 30)]
+    return out
+
+
+def _everything_set() -> tuple[c.Profile, c.Context]:
+    """A profile and a context with every field the schema names set to something not default."""
+    def fill(message: Any, depth: int = 0) -> None:
+        for field in message.DESCRIPTOR.fields:
+            value = getattr(message, field.name)
+            if field.message_type is not None and field.message_type.GetOptions().map_entry:
+                if field.message_type.fields_by_name["value"].type == field.TYPE_STRING:
+                    value.update({"tier": "gold", "gender": "f"})
+                else:
+                    value.update({"running": 2.5, "tier": -1.0})
+            elif field.is_repeated and field.message_type is None:
+                value.extend(["p1", "p2", "p3"] if field.type == field.TYPE_STRING else [1.0])
+            elif field.message_type is not None and not field.is_repeated:
+                fill(value, depth + 1)
+            elif field.type == field.TYPE_STRING:
+                setattr(message, field.name, f"{field.name}-v")
+            elif field.type == field.TYPE_BOOL:
+                setattr(message, field.name, True)
+            elif field.type == field.TYPE_DOUBLE:
+                setattr(message, field.name, 12.25)
+            elif field.type == field.TYPE_INT64:
+                setattr(message, field.name, NOW - 5 * DAY)
+            elif field.type in (field.TYPE_INT32, field.TYPE_ENUM):
+                setattr(message, field.name, -3 if field.name == "screen_height" else 7)
+    profile, context = c.Profile(), c.Context()
+    fill(profile)
+    fill(context)
+    profile.cart.add(product_id="p2", quantity=-1, price=3.5)
+    profile.cart.add(product_id="p9", quantity=4, price=1.25)
+    for day, kind in ((TODAY, c.PURCHASE), (TODAY - 3, c.PAGE_VIEW), (TODAY - 40, c.PURCHASE)):
+        profile.daily_events.add(day=day, type=kind, count=2)
+    return profile, context
+
+
+def test_every_schema_field_reads_the_same_from_wire_bytes_and_from_the_protobuf_api() -> None:
+    accesses = _every_access()
+    program = compile_program([compile_rule("true", SCHEMA).expr], reading_order(accesses))
+    assert len(program.numbers) + len(program.strings) == len(accesses)
+    wire, api = WireReader(program), FeatureReader(program)
+    for profile, context in (_everything_set(), (c.Profile(), c.Context())):
+        from_api = api.read(profile, context, NOW)
+        from_wire = wire.read(profile, context, NOW)
+        slots = program.numbers + program.strings
+        assert {a.key: v for a, v in zip(slots, from_wire.tolist(), strict=True)} == {
+            a.key: v for a, v in zip(slots, from_api.tolist(), strict=True)}
+    assert wire.read(*_everything_set(), NOW).any()
+
+
+def test_wire_reader_falls_back_to_the_protobuf_api_on_bytes_it_does_not_expect() -> None:
+    program = PROGRAMS[-1]
+    reader = WireReader(program)
+    profile, context = _everything_set()
+    expected = FeatureReader(program).matching(profile, context, NOW).tolist()
+
+    class Refusing:  # what the kernel answers for bytes its reads do not fit
+        def read(self, message: bytes, now_ms: int) -> None:
+            return None
+
+        def run(self, message: bytes, now_ms: float) -> np.ndarray:
+            return np.array([MALFORMED])
+
+    reader.wire = Refusing()  # type: ignore[assignment]
+    assert reader.matching(profile, context, NOW).tolist() == expected
+    assert reader.read(profile, context, NOW).tolist() == FeatureReader(program).read(profile, context, NOW).tolist()

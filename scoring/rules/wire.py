@@ -1,0 +1,713 @@
+"""Read a rule program's features straight from protobuf wire bytes, and run it, in one kernel call.
+
+    wire = WireProgram(program, reads)      # reads[i]: where feature slot i is in the message
+    hits = wire.matching(message, now_ms)   # program.matching(features), or None if malformed
+    features = wire.read(message, now_ms)   # the feature vector alone (tests, debugging)
+
+Reading each feature through a Python protobuf API costs 0.1-0.7 us per value (an attribute
+read, a map lookup, a pass over a repeated field); with 50 features that is most of an
+Evaluate. This kernel walks the serialized message once and fills every slot on the way,
+then runs the program over the same register file. Like `daily.py` it knows only the wire
+format: which field numbers to read and how (`Read`) is the caller's business.
+
+The walk dispatches on (message node, field number) through a dense table, so a field no
+read names costs only its skip. Sub-messages on a read's path are entered; repeated
+elements that an op reads inside (map entries, cart items, daily counters) are parsed once
+per element into a small scratch. Values follow proto3: a missing scalar is 0 / "" /
+false, the last occurrence of a singular field wins. String values become the program's
+symbol codes (an FNV-1a hash table over the rules' string constants); an unknown string is
+-1, or, when the program compares two string fields, -1, -2, ... per distinct value, exactly
+as `Program.encode` numbers them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Mapping, Sequence
+
+import numba
+import numpy as np
+
+from scoring.rules.daily import _RAW, _varint
+from scoring.rules.program import Program, _evaluate
+
+# Ops. Scalars and lists read the field's own value; the element ops parse each occurrence
+# (a map entry, a repeated sub-message) and read fields inside it.
+DESCEND, VARINT, BOOL, DOUBLE, STRING, COUNT, INDEX, CONTAINS = range(8)
+MAP_DOUBLE, MAP_VARINT, MAP_STRING, MAP_HAS, ELEMENT_INDEX, ELEMENT_CONTAINS = range(8, 14)
+SUM_QUANTITY, SUM_PRICE_QUANTITY, WINDOW = range(14, 17)
+# Rows the builder makes of several reads of one field: KEYED looks the compared string (the
+# value, a map entry's key or an element's field) up in a hash table of the keys its reads
+# want, instead of comparing it with each; WINDOWS finds the windows of an element's type
+# through a table by type, instead of testing each window.
+KEYED, WINDOWS = 17, 18
+_VALUE, _MAP_KEYS, _ELEMENT_FIELD = range(3)   # what a KEYED row compares
+
+# name -> (code, number of args, uses `key`, yields a string)
+OPS: dict[str, tuple[int, int, bool, bool]] = {
+    "varint": (VARINT, 0, False, False),        # int32/int64/enum as a number
+    "bool": (BOOL, 0, False, False),            # 1.0 / 0.0
+    "double": (DOUBLE, 0, False, False),
+    "string": (STRING, 0, False, True),
+    "count": (COUNT, 0, False, False),          # occurrences of a repeated field or map: its size
+    "index": (INDEX, 1, False, True),           # (n,): the n-th string of a repeated field, "" past the end
+    "contains": (CONTAINS, 0, True, False),     # some string of the repeated field equals key
+    "map_double": (MAP_DOUBLE, 0, True, False),  # map<string, double>[key], 0 when absent
+    "map_varint": (MAP_VARINT, 0, True, False),
+    "map_string": (MAP_STRING, 0, True, True),
+    "map_has": (MAP_HAS, 0, True, False),       # key is in the map
+    "element_index": (ELEMENT_INDEX, 2, False, True),        # (n, field): string `field` of element n
+    "element_contains": (ELEMENT_CONTAINS, 1, True, False),  # (field,): some element's string equals key
+    "sum_quantity": (SUM_QUANTITY, 1, False, False),         # (quantity,): sum of max(quantity, 1) -- a
+    "sum_price_quantity": (SUM_PRICE_QUANTITY, 2, False, False),  # quantity of 0 counts 1; (quantity, price)
+    "window": (WINDOW, 5, False, False),        # (day, type, count, wanted type, days): sum of count
+}                                               # over elements of that type on the last `days` days
+
+MAP_KEY, MAP_VALUE = 1, 2   # field numbers of a map entry, fixed by the protobuf encoding
+ELEMENT_FIELDS = 16         # element ops read fields 1..15 of an element
+MAX_DEPTH = 8               # nested messages on a read's path
+MAX_FIELD = 4095            # a larger field number would make the dispatch table large
+MAX_WINDOW_TYPE = 4095      # the same for the table of WINDOWS by element type
+
+# layout header
+_SLOTS, _NUMBERS, _WIDTH, _TABLE, _ROWS, _EXTRA, _HASH, _HASH_SIZE, _COMPARE, _DAY_MS = range(10)
+_HEADER = 10
+# A row: op, slot, key offset, key length (in the pool), 5 args. DESCEND: (child node); KEYED:
+# (what, element field, table, table size) with the table in the extra area; WINDOWS: (day,
+# type, count fields, table, table size).
+ROW = 9
+
+_FNV_OFFSET = 0xCBF29CE484222325
+_FNV_PRIME = 0x100000001B3
+
+
+@dataclasses.dataclass(frozen=True)
+class Read:
+    """Where one feature slot's value is: `path` holds the field numbers from the root message
+    down to the field read, `op` names how it is read (see OPS), `key` is the string a
+    contains/map op looks for and `args` the op's numbers."""
+
+    path: tuple[int, ...]
+    op: str
+    key: str = ""
+    args: tuple[int, ...] = ()
+
+
+def fnv1a(data: bytes) -> int:
+    """The 64-bit FNV-1a hash the kernel uses for strings, as a signed int64."""
+    h = _FNV_OFFSET
+    for byte in data:
+        h = ((h ^ byte) * _FNV_PRIME) & 0xFFFFFFFFFFFFFFFF
+    return h - (1 << 64) if h >= 1 << 63 else h
+
+
+def _check(read: Read, slot: int, is_string_slot: bool) -> int:
+    if read.op not in OPS:
+        raise ValueError(f"slot {slot}: unknown op {read.op!r}")
+    code, nargs, _, yields_string = OPS[read.op]
+    if len(read.args) != nargs:
+        raise ValueError(f"slot {slot}: {read.op} takes {nargs} args, got {read.args}")
+    if yields_string != is_string_slot:
+        raise ValueError(f"slot {slot}: {read.op} yields a {'string' if yields_string else 'number'}, "
+                         f"the slot holds a {'string' if is_string_slot else 'number'}")
+    if not read.path or len(read.path) > MAX_DEPTH + 1 or not all(0 < f <= MAX_FIELD for f in read.path):
+        raise ValueError(f"slot {slot}: path {read.path} must hold 1..{MAX_DEPTH + 1} field numbers "
+                         f"in 1..{MAX_FIELD}")
+    fields = {ELEMENT_INDEX: read.args[1:], ELEMENT_CONTAINS: read.args, SUM_QUANTITY: read.args,
+              SUM_PRICE_QUANTITY: read.args, WINDOW: read.args[:3]}.get(code, ())
+    if not all(0 < f < ELEMENT_FIELDS for f in fields):
+        raise ValueError(f"slot {slot}: element fields {fields} must be in 1..{ELEMENT_FIELDS - 1}")
+    if (code in (INDEX, ELEMENT_INDEX) and read.args[0] < 0) or (
+            code == WINDOW and not (read.args[4] >= 1 and 0 <= read.args[3] <= MAX_WINDOW_TYPE)):
+        raise ValueError(f"slot {slot}: {read.op} args {read.args} out of range")
+    return code
+
+
+def _table_size(entries: int) -> int:
+    """A power of two at least twice `entries`: open addressing stays short and always ends."""
+    size = 2
+    while size < 2 * entries:
+        size *= 2
+    return size
+
+
+class _Builder:
+    """Lays out the kernel's int64 program: header, dispatch table by (node, field), rows, an
+    extra area for the KEYED and WINDOWS tables, and the symbol hash table; strings in a pool."""
+
+    def __init__(self) -> None:
+        self.pool = bytearray()
+        self.offsets: dict[bytes, int] = {}
+        self.rows: list[list[int]] = []
+        self.extra: list[int] = []
+        self.pending: list[tuple[int, int, dict[str, list[tuple[int, int, Read]]]]] = []
+
+    def stored(self, text: str) -> tuple[int, int]:
+        data = text.encode()
+        if data not in self.offsets:
+            self.offsets[data] = len(self.pool)
+            self.pool.extend(data)
+        return self.offsets[data], len(data)
+
+    def row(self, op: int, slot: int, key: tuple[int, int] = (0, 0), args: Sequence[int] = ()) -> int:
+        self.rows.append([op, slot, *key, *args, *[0] * (5 - len(args))])
+        return len(self.rows) - 1
+
+    def keyed(self, what: int, field: int, reads: list[tuple[int, int, Read]]) -> list[int]:
+        """A KEYED row; its keyed-op rows are placed later (after every dispatched row)."""
+        by_key: dict[str, list[tuple[int, int, Read]]] = {}
+        for item in reads:
+            by_key.setdefault(item[2].key, []).append(item)
+        size = _table_size(len(by_key))
+        table = len(self.extra)
+        self.extra += [0, -1, -1] * size     # (hash, first row, end row); first row -1: empty
+        self.pending.append((table, size, by_key))
+        return [KEYED, -1, 0, 0, what, field, table, size, 0]
+
+    def place_keyed(self) -> None:
+        for table, size, by_key in self.pending:
+            for key, items in by_key.items():
+                first = len(self.rows)
+                for slot, code, _ in items:
+                    self.row(code, slot, self.stored(key))
+                h = fnv1a(key.encode())
+                i = h & (size - 1)
+                while self.extra[table + 3 * i + 1] >= 0:
+                    i = (i + 1) & (size - 1)
+                self.extra[table + 3 * i:table + 3 * i + 3] = [h, first, len(self.rows)]
+
+    def windows(self, fields: tuple[int, ...], reads: list[tuple[int, int, Read]]) -> list[int]:
+        """A WINDOWS row: per element type, (first, end) into (slot, days) pairs."""
+        types = 1 + max(r.args[3] for _, _, r in reads)
+        table = len(self.extra)
+        self.extra += [0, 0] * types
+        for wanted in range(types):
+            pairs = [(slot, r.args[4]) for slot, _, r in reads if r.args[3] == wanted]
+            first = len(self.extra)
+            for pair in pairs:
+                self.extra += pair
+            self.extra[table + 2 * wanted:table + 2 * wanted + 2] = [first, len(self.extra)]
+        return [WINDOWS, -1, 0, 0, *fields, table, types]
+
+
+def build_layout(reads: Sequence[Read], numbers: int, symbols: Mapping[str, int], compare_strings: bool,
+                 day_ms: int) -> tuple[np.ndarray, np.ndarray]:
+    """(layout int64, pool uint8) for the kernel; reads[i] fills slot i, slots >= `numbers` hold
+    strings (as `symbols` codes)."""
+    b = _Builder()
+    nodes: dict[tuple[int, ...], int] = {(): 0}
+    groups: dict[tuple[int, int], list[tuple[int, int, Read]]] = {}
+    children: dict[tuple[int, int], int] = {}
+    for slot, read in enumerate(reads):
+        code = _check(read, slot, slot >= numbers)
+        node = 0
+        for depth in range(1, len(read.path)):
+            prefix = read.path[:depth]
+            if prefix not in nodes:
+                nodes[prefix] = len(nodes)
+                children[(node, prefix[-1])] = nodes[prefix]
+            node = nodes[prefix]
+        groups.setdefault((node, read.path[-1]), [])
+        groups[(node, read.path[-1])].append((slot, code, read))
+    for place in children:
+        groups.setdefault(place, [])
+
+    width = max((field for _, field in groups), default=0) + 1
+    table = np.zeros((len(nodes), width, 2), dtype=np.int64)
+    for (node, field) in sorted(groups):
+        items = groups[(node, field)]
+        first = len(b.rows)
+        keyed: dict[tuple[int, int], list[tuple[int, int, Read]]] = {}
+        windows: dict[tuple[int, ...], list[tuple[int, int, Read]]] = {}
+        for slot, code, read in items:
+            if code == CONTAINS:
+                keyed.setdefault((_VALUE, 0), []).append((slot, code, read))
+            elif code in (MAP_DOUBLE, MAP_VARINT, MAP_STRING, MAP_HAS):
+                keyed.setdefault((_MAP_KEYS, MAP_KEY), []).append((slot, code, read))
+            elif code == ELEMENT_CONTAINS:
+                keyed.setdefault((_ELEMENT_FIELD, read.args[0]), []).append((slot, code, read))
+            elif code == WINDOW:
+                windows.setdefault(read.args[:3], []).append((slot, code, read))
+            else:
+                b.row(code, slot, args=read.args)
+        for (what, element_field), group in keyed.items():
+            b.rows.append(b.keyed(what, element_field, group))
+        for fields, group in windows.items():
+            b.rows.append(b.windows(fields, group))
+        if (node, field) in children:  # last: the kernel enters the sub-message after the other rows
+            b.row(DESCEND, -1, args=(children[(node, field)],))
+        table[node, field] = first, len(b.rows)
+    b.place_keyed()
+
+    size = _table_size(len(symbols))
+    hashed = np.full((size, 3), -1, dtype=np.int64)  # (pool offset, length, code); length -1: empty
+    for text, symbol in symbols.items():
+        offset, length = b.stored(text)
+        i = fnv1a(text.encode()) & (size - 1)
+        while hashed[i, 1] >= 0:
+            i = (i + 1) & (size - 1)
+        hashed[i] = offset, length, symbol
+
+    body = [table.ravel(), np.array(b.rows, dtype=np.int64).reshape(-1), np.array(b.extra, dtype=np.int64),
+            hashed.ravel()]
+    header = np.zeros(_HEADER, dtype=np.int64)
+    header[_SLOTS], header[_NUMBERS], header[_WIDTH] = len(reads), numbers, width
+    header[_TABLE] = _HEADER
+    header[_ROWS] = header[_TABLE] + body[0].size
+    header[_EXTRA] = header[_ROWS] + body[1].size
+    header[_HASH] = header[_EXTRA] + body[2].size
+    header[_HASH_SIZE], header[_COMPARE], header[_DAY_MS] = size, int(compare_strings), day_ms
+    layout = np.concatenate([header, *body])
+    return layout, np.frombuffer(bytes(b.pool) or b"\0", dtype=np.uint8).copy()
+
+
+# -- the kernel ---------------------------------------------------------------------------
+
+@numba.njit(cache=True, inline="always")
+def _fixed(buf, pos, n):  # pragma: no cover - compiled
+    """n little-endian bytes at buf[pos:] as int64 bits."""
+    value = np.uint64(0)
+    for k in range(n):
+        value |= np.uint64(buf[pos + k]) << np.uint64(8 * k)
+    return np.int64(value)
+
+
+@numba.njit(cache=True)
+def _skip_group(buf, pos, stop):  # pragma: no cover - compiled
+    """Position after the end-group tag matching an already-read start-group tag; -1 if malformed."""
+    depth = 1
+    while pos < stop:
+        key, pos = _varint(buf, pos)
+        if pos < 0:
+            return -1
+        wire = key & 7
+        if wire == 0:
+            _, pos = _varint(buf, pos)
+            if pos < 0:
+                return -1
+        elif wire == 1:
+            pos += 8
+        elif wire == 5:
+            pos += 4
+        elif wire == 2:
+            length, pos = _varint(buf, pos)
+            if pos < 0 or length < 0:
+                return -1
+            pos += length
+        elif wire == 3:
+            depth += 1
+        elif wire == 4:
+            depth -= 1
+            if depth == 0:
+                return pos if pos <= stop else -1
+        else:
+            return -1
+    return -1
+
+
+@numba.njit(cache=True, inline="always")
+def _field(buf, pos, stop):  # pragma: no cover - compiled
+    """One field at buf[pos:stop]: (field number, wire type, value, value start, length, next pos);
+    next pos -1 when malformed. Varints and fixed values come as int64 bits, strings and
+    sub-messages as (start, length); a group is skipped (wire type 3, next pos after it)."""
+    key, pos = _varint(buf, pos)
+    if pos < 0 or pos > stop:
+        return 0, 0, 0, 0, 0, -1
+    wire = key & 7
+    value = np.int64(0)
+    start = pos
+    length = np.int64(0)
+    if wire == 0:
+        value, pos = _varint(buf, pos)
+    elif wire == 1:
+        if pos + 8 > stop:
+            return 0, 0, 0, 0, 0, -1
+        value = _fixed(buf, pos, 8)
+        pos += 8
+    elif wire == 5:
+        if pos + 4 > stop:
+            return 0, 0, 0, 0, 0, -1
+        value = _fixed(buf, pos, 4)
+        pos += 4
+    elif wire == 2:
+        length, pos = _varint(buf, pos)
+        if pos < 0 or length < 0 or pos + length > stop:
+            return 0, 0, 0, 0, 0, -1
+        start = pos
+        pos += length
+    elif wire == 3:
+        pos = _skip_group(buf, pos, stop)
+    else:
+        return 0, 0, 0, 0, 0, -1
+    if pos > stop:
+        pos = -1
+    return key >> 3, wire, value, start, length, pos
+
+
+@numba.njit(cache=True, inline="always")
+def _element(buf, start, stop, scratch):  # pragma: no cover - compiled
+    """Parse one sub-message into scratch, the last occurrence of each field 1..ELEMENT_FIELDS-1:
+    [values | wire types | starts | lengths | stamps, then the current stamp]. A field is present
+    when its stamp is the current one (no clearing between elements). False when malformed."""
+    n = ELEMENT_FIELDS
+    stamp = scratch[5 * n] + 1
+    scratch[5 * n] = stamp
+    pos = start
+    while pos < stop:
+        field, wire, value, vstart, length, pos = _field(buf, pos, stop)
+        if pos < 0:
+            return False
+        if field < n and wire != 3:
+            scratch[field] = value
+            scratch[n + field] = wire
+            scratch[2 * n + field] = vstart
+            scratch[3 * n + field] = length
+            scratch[4 * n + field] = stamp
+    return True
+
+
+@numba.njit(cache=True, inline="always")
+def _same(buf, start, length, pool, offset, n):  # pragma: no cover - compiled
+    if length != n:
+        return False
+    for k in range(n):  # noqa: SIM110 - a plain loop compiles to a plain loop in Numba
+        if buf[start + k] != pool[offset + k]:
+            return False
+    return True
+
+
+@numba.njit(cache=True, inline="always")
+def _hash(buf, start, length):  # pragma: no cover - compiled
+    h = np.uint64(_FNV_OFFSET)
+    for k in range(length):
+        h = (h ^ np.uint64(buf[start + k])) * np.uint64(_FNV_PRIME)
+    return h
+
+
+@numba.njit(cache=True)
+def _symbol(buf, start, length, layout, pool):  # pragma: no cover - compiled
+    """The symbol code of the string buf[start:start+length], -1 when it is not a symbol."""
+    h = _hash(buf, start, length)
+    mask = layout[_HASH_SIZE] - 1
+    i = np.int64(h & np.uint64(mask))
+    base = layout[_HASH]
+    while True:
+        entry = base + 3 * i
+        n = layout[entry + 1]
+        if n < 0:
+            return -1
+        if _same(buf, start, length, pool, layout[entry], n):
+            return layout[entry + 2]
+        i = (i + 1) & mask
+
+
+@numba.njit(cache=True, inline="always")
+def _present(scratch, field):  # pragma: no cover - compiled
+    return scratch[4 * ELEMENT_FIELDS + field] == scratch[5 * ELEMENT_FIELDS]
+
+
+@numba.njit(cache=True, inline="always")
+def _value(scratch, field):  # pragma: no cover - compiled
+    """The element's field value (int64 bits), 0 when absent."""
+    return scratch[field] if _present(scratch, field) else np.int64(0)
+
+
+@numba.njit(cache=True, inline="always")
+def _span(scratch, field):  # pragma: no cover - compiled
+    """(start, length) of the element's string field; length 0 when absent."""
+    if not _present(scratch, field):
+        return np.int64(0), np.int64(0)
+    return scratch[2 * ELEMENT_FIELDS + field], scratch[3 * ELEMENT_FIELDS + field]
+
+
+@numba.njit(cache=True, inline="always")
+def _wire_ok(scratch, field, wire):  # pragma: no cover - compiled
+    """The element's field is absent or has the wire type the op expects."""
+    return not _present(scratch, field) or scratch[ELEMENT_FIELDS + field] == wire
+
+
+@numba.njit(cache=True, inline="always")
+def _entry(buf, start, stop):  # pragma: no cover - compiled
+    """A map entry: (key start, key length, value wire type or -1, value bits, value start, value
+    length, ok); the last occurrence of each field, other fields skipped."""
+    key_start = key_length = value = value_start = value_length = np.int64(0)
+    value_wire = np.int64(-1)
+    pos = start
+    while pos < stop:
+        field, wire, bits, vstart, length, pos = _field(buf, pos, stop)
+        if pos < 0 or (field == MAP_KEY and wire != 2):
+            return key_start, key_length, value_wire, value, value_start, value_length, False
+        if field == MAP_KEY:
+            key_start, key_length = vstart, length
+        elif field == MAP_VALUE and wire != 3:
+            value_wire, value, value_start, value_length = wire, bits, vstart, length
+    return key_start, key_length, value_wire, value, value_start, value_length, True
+
+
+@numba.njit(cache=True, inline="always")
+def _counter(buf, start, stop, day_f, type_f, count_f):  # pragma: no cover - compiled
+    """(day, type, count, ok) of a counter element whose three fields are varints."""
+    day = kind = count = np.int64(0)
+    pos = start
+    while pos < stop:
+        field, wire, value, _, _, pos = _field(buf, pos, stop)
+        if pos < 0:
+            return day, kind, count, False
+        if field in (day_f, type_f, count_f):
+            if wire != 0:
+                return day, kind, count, False
+            if field == day_f:
+                day = value
+            elif field == type_f:
+                kind = value
+            else:
+                count = value
+    return day, kind, count, True
+
+
+@numba.njit(cache=True, inline="always")
+def _apply_keyed(op, slot, value_wire, value, value_start, value_length, reg, locs, bits,
+                 as_double):  # pragma: no cover - compiled
+    """A keyed read whose key matched; a map read takes the entry's value (wire type -1: absent).
+    False when the value has the wrong wire type."""
+    if op in (CONTAINS, MAP_HAS, ELEMENT_CONTAINS):
+        reg[slot] = 1.0
+    elif op == MAP_STRING:
+        if value_wire >= 0 and value_wire != 2:
+            return False
+        locs[2 * slot] = value_start
+        locs[2 * slot + 1] = value_length if value_wire >= 0 else 0
+    elif op == MAP_DOUBLE:
+        if value_wire >= 0 and value_wire != 1:
+            return False
+        bits[0] = value if value_wire >= 0 else 0
+        reg[slot] = as_double[0]
+    else:  # MAP_VARINT
+        if value_wire >= 0 and value_wire != 0:
+            return False
+        reg[slot] = float(value) if value_wire >= 0 else 0.0
+    return True
+
+
+@numba.njit(cache=True)
+def _read(layout, pool, buf, now, reg):  # pragma: no cover - compiled
+    """Fill reg[:slots] (zeroed by the caller) from the message; False when it is malformed or a
+    field has a wire type its read does not expect."""
+    n = ELEMENT_FIELDS
+    slots = layout[_SLOTS]
+    width = layout[_WIDTH]
+    table = layout[_TABLE]
+    rows = layout[_ROWS]
+    extra = layout[_EXTRA]
+    if extra == rows:  # no reads
+        return True
+    today = np.int64(now // layout[_DAY_MS])
+    # One zeroed allocation for the working arrays (each allocation costs ~0.1 us).
+    n_rows = (extra - rows) // ROW
+    work = np.zeros(2 * slots + n_rows + 5 * n + 1 + 1 + 2 * MAX_DEPTH, dtype=np.int64)
+    locs = work[:2 * slots]                                 # strings: (start, length) per slot
+    counters = work[2 * slots:2 * slots + n_rows]           # index rows: elements seen
+    rest = 2 * slots + n_rows
+    scratch = work[rest:rest + 5 * n + 1]                       # one element's fields, see _element
+    bits = work[rest + 5 * n + 1:rest + 5 * n + 2]              # a fixed64 value, seen as a double
+    as_double = bits.view(np.float64)
+    stops = work[rest + 5 * n + 2:rest + 5 * n + 2 + MAX_DEPTH]  # the sub-messages entered
+    nodes = work[rest + 5 * n + 2 + MAX_DEPTH:]
+    depth = 0
+    node = 0
+    pos = 0
+    stop = len(buf)
+    while True:
+        if pos >= stop:
+            if depth == 0:
+                break
+            depth -= 1
+            stop = stops[depth]
+            node = nodes[depth]
+            continue
+        field, wire, value, vstart, length, pos = _field(buf, pos, stop)
+        if pos < 0:
+            return False
+        if field >= width or wire == 3:
+            continue
+        at = table + 2 * (node * width + field)
+        parsed = False  # this occurrence parsed into scratch (element rows)
+        for i in range(layout[at], layout[at + 1]):
+            r = rows + i * ROW
+            op = layout[r]
+            slot = layout[r + 1]
+            if op == COUNT:
+                reg[slot] += 1.0
+            elif op in (VARINT, BOOL):
+                if wire != 0:
+                    return False
+                if op == VARINT:
+                    reg[slot] = float(value)
+                else:
+                    reg[slot] = 1.0 if value != 0 else 0.0
+            elif op == DOUBLE:
+                if wire != 1:
+                    return False
+                bits[0] = value
+                reg[slot] = as_double[0]
+            elif wire != 2:  # every other row reads a string, a sub-message or an element
+                return False
+            elif op == DESCEND:  # last of its field: enter the sub-message, resume after it
+                if depth == MAX_DEPTH:
+                    return False
+                stops[depth] = stop
+                nodes[depth] = node
+                depth += 1
+                stop = pos
+                pos = vstart
+                node = layout[r + 4]
+                break
+            elif op == STRING:
+                locs[2 * slot] = vstart
+                locs[2 * slot + 1] = length
+            elif op == INDEX:
+                if counters[i] == layout[r + 4]:
+                    locs[2 * slot] = vstart
+                    locs[2 * slot + 1] = length
+                counters[i] += 1
+            else:
+                what = layout[r + 4]
+                if op == WINDOWS:
+                    day, kind, count, ok = _counter(buf, vstart, vstart + length, layout[r + 4], layout[r + 5],
+                                                    layout[r + 6])
+                    if not ok:
+                        return False
+                    if 0 <= kind < layout[r + 8] and day <= today:
+                        by_type = extra + layout[r + 7] + 2 * kind
+                        for w in range(extra + layout[by_type], extra + layout[by_type + 1], 2):
+                            if today - layout[w + 1] < day:
+                                reg[layout[w]] += count
+                    continue
+                value_wire = np.int64(-1)
+                value = value_start = value_length = np.int64(0)
+                if op == KEYED and what == _MAP_KEYS:
+                    key_start, key_length, value_wire, value, value_start, value_length, ok = _entry(
+                        buf, vstart, vstart + length)
+                    if not ok:
+                        return False
+                elif op == KEYED and what == _VALUE:
+                    key_start, key_length = vstart, length
+                else:
+                    if not parsed:
+                        if not _element(buf, vstart, vstart + length, scratch):
+                            return False
+                        parsed = True
+                    if op == KEYED:  # _ELEMENT_FIELD
+                        f = layout[r + 5]
+                        if not _wire_ok(scratch, f, 2):
+                            return False
+                        key_start, key_length = _span(scratch, f)
+                if op == KEYED:
+                    h = np.int64(_hash(buf, key_start, key_length))
+                    keys = extra + layout[r + 6]
+                    mask = layout[r + 7] - 1
+                    j = h & mask
+                    while layout[keys + 3 * j + 1] >= 0:  # every entry with this hash (collisions)
+                        if layout[keys + 3 * j] == h:
+                            for k in range(layout[keys + 3 * j + 1], layout[keys + 3 * j + 2]):
+                                kr = rows + k * ROW
+                                same = _same(buf, key_start, key_length, pool, layout[kr + 2], layout[kr + 3])
+                                if same and not _apply_keyed(layout[kr], layout[kr + 1], value_wire, value,
+                                                             value_start, value_length, reg, locs, bits, as_double):
+                                    return False
+                        j = (j + 1) & mask
+                elif op == ELEMENT_INDEX:
+                    if counters[i] == layout[r + 4]:
+                        f = layout[r + 5]
+                        if not _wire_ok(scratch, f, 2):
+                            return False
+                        locs[2 * slot], locs[2 * slot + 1] = _span(scratch, f)
+                    counters[i] += 1
+                else:  # SUM_QUANTITY, SUM_PRICE_QUANTITY
+                    quantity_f = layout[r + 4]
+                    if not _wire_ok(scratch, quantity_f, 0):
+                        return False
+                    quantity = _value(scratch, quantity_f)
+                    if quantity <= 0:
+                        quantity = 1
+                    if op == SUM_QUANTITY:
+                        reg[slot] += quantity
+                    else:
+                        price_f = layout[r + 5]
+                        if not _wire_ok(scratch, price_f, 1):
+                            return False
+                        bits[0] = _value(scratch, price_f)
+                        reg[slot] += as_double[0] * quantity
+    # Strings to symbol codes, numbering unknown ones as Program.encode does.
+    unknown = 0
+    for s in range(layout[_NUMBERS], slots):
+        start = locs[2 * s]
+        length = locs[2 * s + 1]
+        code = np.float64(0.0) if length == 0 else np.float64(_symbol(buf, start, length, layout, pool))
+        if code < 0.0 and layout[_COMPARE] != 0:
+            code = 0.0
+            for earlier in range(layout[_NUMBERS], s):
+                if reg[earlier] < 0.0 and _same(buf, start, length, buf, locs[2 * earlier], locs[2 * earlier + 1]):
+                    code = reg[earlier]
+                    break
+            if code == 0.0:
+                unknown += 1
+                code = np.float64(-unknown)
+        reg[s] = code
+    return True
+
+
+_I64S = numba.int64[::1]
+_F64S = numba.float64[::1]
+_U8S = numba.uint8[::1]
+MALFORMED = -1
+
+
+# Read and run in one call: each Numba call costs ~1 us of dispatch. Numba's cache does not
+# see changes to callees in other files: after editing program.py's or daily.py's kernels,
+# touch this file so these are recompiled too.
+@numba.njit(_I64S(_I64S, _F64S, _I64S, _U8S, _RAW, numba.float64), cache=True)
+def _run_wire(code, consts, layout, pool, message, now):  # pragma: no cover - compiled
+    reg = np.empty(code[0], dtype=np.float64)
+    slots = layout[_SLOTS]
+    reg[:slots] = 0.0
+    if not _read(layout, pool, message, now, reg):
+        return np.full(1, MALFORMED, dtype=np.int64)
+    reg[slots:slots + consts.shape[0]] = consts
+    return _evaluate(code, consts, reg, now)
+
+
+@numba.njit(_F64S(_I64S, _U8S, _RAW, numba.float64), cache=True)
+def _read_features(layout, pool, message, now):  # pragma: no cover - compiled
+    """The features, then 1.0 (read) or 0.0 (malformed)."""
+    reg = np.zeros(layout[_SLOTS] + 1, dtype=np.float64)
+    reg[-1] = 1.0 if _read(layout, pool, message, now, reg) else 0.0
+    return reg
+
+
+class WireProgram:
+    """A Program whose features are read from one serialized message; reads[i] fills slot i
+    (program.numbers, then program.strings)."""
+
+    def __init__(self, program: Program, reads: Sequence[Read], day_ms: int = 86_400_000) -> None:
+        width = len(program.numbers) + len(program.strings)
+        if len(reads) != width:
+            raise ValueError(f"expected {width} reads, one per feature slot, got {len(reads)}")
+        self.program = program
+        self.layout, self.pool = build_layout(reads, len(program.numbers), program.symbols,
+                                              program.compare_strings, day_ms)
+
+        # run(message, now_ms as a float): the kernel with its arrays bound, for per-request callers
+        # (no attribute lookups). Its answer is matching()'s, with [MALFORMED] for None.
+        self.run = functools.partial(_run_wire, program.code, program.consts, self.layout, self.pool)
+
+    def matching(self, message: bytes, now_ms: int) -> np.ndarray | None:
+        """Indices of the outputs that are true, ascending; None when the message is malformed."""
+        hits = self.run(message, float(now_ms))
+        return None if hits.shape[0] == 1 and hits[0] == MALFORMED else hits
+
+    def read(self, message: bytes, now_ms: int) -> np.ndarray | None:
+        """The feature vector; None when the message is malformed."""
+        features = _read_features(self.layout, self.pool, message, float(now_ms))
+        return features[:-1] if features[-1] == 1.0 else None
