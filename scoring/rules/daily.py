@@ -15,7 +15,7 @@ import numpy as np
 _BYTES = numba.types.Array(numba.uint8, 1, "C", readonly=True)  # np.frombuffer over bytes is read-only
 # One message's `bytes` passed as is: saves the np.frombuffer (~1 us) of a per-request kernel call
 # (_window_sums, _run_windows). _varint and _sum_message read only `len(buf)` and `buf[i]`, which
-# both types have, and compile for both (the batch kernel takes the joined buffer as an array).
+# both types have, and compile for both (scoring.rules.wire._read_batch walks a joined buffer as an array).
 _RAW = numba.types.Bytes(numba.uint8, 1, "C", readonly=True)
 _I64 = numba.int64
 
@@ -107,19 +107,6 @@ def _window_sums(buf, spec, today):  # pragma: no cover - compiled
     return out
 
 
-@numba.njit(numba.float64[:, ::1](_BYTES, _I64[::1], _I64[::1], _I64), cache=True, nogil=True)
-def _window_sums_batch(buf, offsets, spec, today):  # pragma: no cover - compiled
-    n = (spec.shape[0] - 4) // 2
-    types = spec[4:4 + n]
-    first_days = today - spec[4 + n:] + 1
-    rows = offsets.shape[0] - 1
-    out = np.zeros((rows, n), dtype=np.float64)
-    for i in range(rows):
-        if not _sum_message(buf, offsets[i], offsets[i + 1], spec[:4], types, first_days, today, out[i]):
-            out[i, :] = np.nan
-    return out
-
-
 class WindowPlan:
     """The windows one rule set needs, prepared once: `plan.sums(message_bytes, today)`."""
 
@@ -142,14 +129,6 @@ class WindowPlan:
         if out and out[0] != out[0]:  # NaN: malformed (a Python float test, ~10x cheaper than np.isnan)
             return None
         return out  # type: ignore[no-any-return]
-
-    def sums_many(self, messages: list[bytes], today: int) -> np.ndarray:
-        """sums() for many messages at once: shape (len(messages), queries); NaN rows for malformed ones."""
-        lengths = np.fromiter((len(m) for m in messages), dtype=np.int64, count=len(messages))
-        offsets = np.zeros(len(messages) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        buf = np.frombuffer(b"".join(messages), dtype=np.uint8)
-        return _window_sums_batch(buf, offsets, self.spec, today)
 
 
 def window_sums_reference(counters: list[tuple[int, int, int]], types: np.ndarray, days: np.ndarray,

@@ -12,8 +12,11 @@ format: which field numbers to read and how (`Read`) is the caller's business.
 
 The walk dispatches on (message node, field number) through a dense table, so a field no
 read names costs only its skip. Sub-messages on a read's path are entered; repeated
-elements that an op reads inside (map entries, cart items, daily counters) are parsed once
-per element into a small scratch. Values follow proto3: a missing scalar is 0 / "" /
+elements that an op reads inside are parsed once per element (map entries and counters by
+small dedicated parsers, other elements into a scratch). The reads of one field that look
+for a string (list membership, map keys) share one hash table of their keys, and the
+`events()`-style windows of one field one table by element type, so an element costs one
+lookup, not one test per read. Values follow proto3: a missing scalar is 0 / "" /
 false, the last occurrence of a singular field wins. String values become the program's
 symbol codes (an FNV-1a hash table over the rules' string constants); an unknown string is
 -1, or, when the program compares two string fields, -1, -2, ... per distinct value, exactly
@@ -29,7 +32,7 @@ from collections.abc import Mapping, Sequence
 import numba
 import numpy as np
 
-from scoring.rules.daily import _RAW, _varint
+from scoring.rules.daily import _BYTES, _RAW, _varint
 from scoring.rules.program import Program, _evaluate
 
 # Ops. Scalars and lists read the field's own value; the element ops parse each occurrence
@@ -59,8 +62,8 @@ OPS: dict[str, tuple[int, int, bool, bool]] = {
     "map_has": (MAP_HAS, 0, True, False),       # key is in the map
     "element_index": (ELEMENT_INDEX, 2, False, True),        # (n, field): string `field` of element n
     "element_contains": (ELEMENT_CONTAINS, 1, True, False),  # (field,): some element's string equals key
-    "sum_quantity": (SUM_QUANTITY, 1, False, False),         # (quantity,): sum of max(quantity, 1) -- a
-    "sum_price_quantity": (SUM_PRICE_QUANTITY, 2, False, False),  # quantity of 0 counts 1; (quantity, price)
+    "sum_quantity": (SUM_QUANTITY, 1, False, False),         # (quantity,): sum of quantities, <= 0 counting 1
+    "sum_price_quantity": (SUM_PRICE_QUANTITY, 2, False, False),  # (quantity, price): sum of price x that
     "window": (WINDOW, 5, False, False),        # (day, type, count, wanted type, days): sum of count
 }                                               # over elements of that type on the last `days` days
 
@@ -192,9 +195,9 @@ class _Builder:
 
 
 def build_layout(reads: Sequence[Read], numbers: int, symbols: Mapping[str, int], compare_strings: bool,
-                 day_ms: int) -> tuple[np.ndarray, np.ndarray]:
-    """(layout int64, pool uint8) for the kernel; reads[i] fills slot i, slots >= `numbers` hold
-    strings (as `symbols` codes)."""
+                 day_ms: int) -> tuple[np.ndarray, np.ndarray, dict[tuple[int, ...], int]]:
+    """(layout int64, pool uint8, node of each path prefix) for the kernel; reads[i] fills slot i,
+    slots >= `numbers` hold strings (as `symbols` codes)."""
     b = _Builder()
     nodes: dict[tuple[int, ...], int] = {(): 0}
     groups: dict[tuple[int, int], list[tuple[int, int, Read]]] = {}
@@ -259,7 +262,7 @@ def build_layout(reads: Sequence[Read], numbers: int, symbols: Mapping[str, int]
     header[_HASH] = header[_EXTRA] + body[2].size
     header[_HASH_SIZE], header[_COMPARE], header[_DAY_MS] = size, int(compare_strings), day_ms
     layout = np.concatenate([header, *body])
-    return layout, np.frombuffer(bytes(b.pool) or b"\0", dtype=np.uint8).copy()
+    return layout, np.frombuffer(bytes(b.pool) or b"\0", dtype=np.uint8).copy(), nodes
 
 
 # -- the kernel ---------------------------------------------------------------------------
@@ -491,8 +494,9 @@ def _apply_keyed(op, slot, value_wire, value, value_start, value_length, reg, lo
 
 
 @numba.njit(cache=True)
-def _read(layout, pool, buf, now, reg):  # pragma: no cover - compiled
-    """Fill reg[:slots] (zeroed by the caller) from the message; False when it is malformed or a
+def _read(layout, pool, buf, start, stop, root, now, reg):  # pragma: no cover - compiled
+    """Fill reg[:slots] (zeroed by the caller) from the message buf[start:stop], whose type is node
+    `root` of the reads' paths (0: the message they start from); False when it is malformed or a
     field has a wire type its read does not expect."""
     n = ELEMENT_FIELDS
     slots = layout[_SLOTS]
@@ -515,9 +519,8 @@ def _read(layout, pool, buf, now, reg):  # pragma: no cover - compiled
     stops = work[rest + 5 * n + 2:rest + 5 * n + 2 + MAX_DEPTH]  # the sub-messages entered
     nodes = work[rest + 5 * n + 2 + MAX_DEPTH:]
     depth = 0
-    node = 0
-    pos = 0
-    stop = len(buf)
+    node = root
+    pos = start
     while True:
         if pos >= stop:
             if depth == 0:
@@ -672,7 +675,7 @@ def _run_wire(code, consts, layout, pool, message, now):  # pragma: no cover - c
     reg = np.empty(code[0], dtype=np.float64)
     slots = layout[_SLOTS]
     reg[:slots] = 0.0
-    if not _read(layout, pool, message, now, reg):
+    if not _read(layout, pool, message, 0, len(message), 0, now, reg):
         return np.full(1, MALFORMED, dtype=np.int64)
     reg[slots:slots + consts.shape[0]] = consts
     return _evaluate(code, consts, reg, now)
@@ -682,8 +685,24 @@ def _run_wire(code, consts, layout, pool, message, now):  # pragma: no cover - c
 def _read_features(layout, pool, message, now):  # pragma: no cover - compiled
     """The features, then 1.0 (read) or 0.0 (malformed)."""
     reg = np.zeros(layout[_SLOTS] + 1, dtype=np.float64)
-    reg[-1] = 1.0 if _read(layout, pool, message, now, reg) else 0.0
+    reg[-1] = 1.0 if _read(layout, pool, message, 0, len(message), 0, now, reg) else 0.0
     return reg
+
+
+@numba.njit(numba.float64[:, ::1](_I64S, _U8S, _BYTES, _I64S, numba.int64, numba.float64), cache=True, nogil=True)
+def _read_batch(layout, pool, buf, offsets, root, now):  # pragma: no cover - compiled
+    """_read_features for the messages buf[offsets[i]:offsets[i + 1]], each of type node `root`:
+    one column per slot (slot-major, ready to be columns), then the read flags."""
+    slots = layout[_SLOTS]
+    rows = offsets.shape[0] - 1
+    out = np.zeros((slots + 1, rows), dtype=np.float64)
+    reg = np.empty(slots, dtype=np.float64)
+    for i in range(rows):
+        reg[:] = 0.0
+        if _read(layout, pool, buf, offsets[i], offsets[i + 1], root, now, reg):
+            out[:slots, i] = reg
+            out[slots, i] = 1.0
+    return out
 
 
 class WireProgram:
@@ -695,8 +714,8 @@ class WireProgram:
         if len(reads) != width:
             raise ValueError(f"expected {width} reads, one per feature slot, got {len(reads)}")
         self.program = program
-        self.layout, self.pool = build_layout(reads, len(program.numbers), program.symbols,
-                                              program.compare_strings, day_ms)
+        self.layout, self.pool, self._nodes = build_layout(reads, len(program.numbers), program.symbols,
+                                                           program.compare_strings, day_ms)
 
         # run(message, now_ms as a float): the kernel with its arrays bound, for per-request callers
         # (no attribute lookups). Its answer is matching()'s, with [MALFORMED] for None.
@@ -711,3 +730,19 @@ class WireProgram:
         """The feature vector; None when the message is malformed."""
         features = _read_features(self.layout, self.pool, message, float(now_ms))
         return features[:-1] if features[-1] == 1.0 else None
+
+    def read_many(self, messages: Sequence[bytes], now_ms: int,
+                  root: tuple[int, ...] = ()) -> tuple[np.ndarray, np.ndarray]:
+        """(columns, read): columns[slot] holds that feature for every message, read[i] is False
+        where message i is malformed (its column entries are then 0). The messages are of the type
+        at path `root` of the reads (say (1,) for the first field's sub-message); reads outside it
+        keep their defaults."""
+        slots = len(self.program.numbers) + len(self.program.strings)
+        node = self._nodes.get(tuple(root), -1)
+        if node < 0 or not messages:  # no read inside the messages' type: every feature has its default
+            return np.zeros((slots, len(messages)), dtype=np.float64), np.ones(len(messages), dtype=np.bool_)
+        offsets = np.zeros(len(messages) + 1, dtype=np.int64)
+        np.cumsum([len(m) for m in messages], out=offsets[1:])
+        buf = np.frombuffer(b"".join(messages), dtype=np.uint8)
+        out = _read_batch(self.layout, self.pool, buf, offsets, node, float(now_ms))
+        return out[:slots], out[slots] == 1.0

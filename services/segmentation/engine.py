@@ -397,7 +397,7 @@ async def count_matching(compiled: CompiledRule, source: AsyncIterable[common_pb
     """Collect streamed profiles (messages or serialized bytes) into chunks; turn each chunk into
     the columns the rule needs (one pass per access, events windows by the compiled kernel) and
     evaluate it at once."""
-    extractor = ColumnExtractor(compiled.accesses)
+    extractor = ColumnExtractor(compiled)
     chunk: list[common_pb2.Profile | bytes] = []
     matching = total = 0
 

@@ -1,10 +1,12 @@
 """The rule schema of Vitrine profiles, and how each rule access reads a Profile/Context message.
 
-`SCHEMA` lists every field a rule may name. `FeatureReader` reads, for one shopper, every
-access a rule program needs into its feature vector, each once (100 rules reading
-`visit_count` read it once); `ColumnExtractor` reads columns for many shoppers
-(EstimateSize). The meaning of each access is the one of `scoring.rules.plain` (tests
-check that they agree).
+`SCHEMA` lists every field a rule may name. `wire_read` says where each access of a rule is
+in the serialized profile and context, for the kernel of `scoring.rules.wire`: `WireReader`
+reads one shopper's feature vector with it (Evaluate: every access a rule program needs,
+each once: 100 rules reading `visit_count` read it once) and `ColumnExtractor` the columns of
+many (EstimateSize). `FeatureReader` reads the same through the protobuf API: their fallback,
+and a second opinion in tests. The meaning of each access is the one of
+`scoring.rules.plain` (tests check that all of them agree).
 """
 
 from __future__ import annotations
@@ -17,9 +19,18 @@ from typing import Any
 import numpy as np
 from google.protobuf import descriptor
 
-from scoring.rules import VT, Access, ColumnBatch, FieldType, Program, Schema, compile_program, compile_rule
+from scoring.rules import (
+    VT,
+    Access,
+    ColumnBatch,
+    CompiledRule,
+    FieldType,
+    Program,
+    Schema,
+    compile_program,
+    compile_rule,
+)
 from scoring.rules.daily import WindowPlan
-from scoring.rules.vector import to_column
 from scoring.rules.wire import MALFORMED, Read, WireProgram
 from services.segmentation.config import MAX_EVENT_DAYS
 from vitrine.v1 import common_pb2
@@ -393,71 +404,45 @@ class WireReader:
         return hits
 
 
-def _batch_values(access: Access) -> Callable[[Sequence[common_pb2.Profile]], Iterable[Any]]:
-    """Column values of one access for many profiles (no request context: a scan), with the same
-    meaning as FeatureReader; one comprehension per access."""
-    kind, field, arg, t = access.kind, access.field, access.arg, access.type
-    if field.startswith("context."):
-        return lambda chunk: itertools.repeat(_DEFAULTS[t], len(chunk))
-    get = _raw(field)
-    if kind == "field":
-        if t is VT.BOOL:
-            return lambda chunk: [bool(get(p)) for p in chunk]
-        return lambda chunk: map(get, chunk)  # numbers become float64 in the column
-    if kind == "key":
-        default: Any = _DEFAULTS[t]
-        return lambda chunk: [get(p).get(arg, default) for p in chunk]
-    if kind == "index":
-        def elements(chunk: Sequence[common_pb2.Profile]) -> list[str]:
-            out = []
-            for p in chunk:
-                items = get(p)
-                out.append(items[arg] if arg < len(items) else "")  # type: ignore[operator]
-            return out
-        return elements
-    if kind == "contains":
-        return lambda chunk: [arg in get(p) for p in chunk]
-    if kind == "size":
-        return lambda chunk: [len(get(p)) for p in chunk]
-    raise ValueError(f"unknown access kind {kind!r}")
-
-
 class ColumnExtractor:
-    """Builds the columns a rule needs from a chunk of Profile messages (EstimateSize)."""
+    """Builds the columns a rule needs from a chunk of profiles (EstimateSize): one pass of the
+    wire kernel over the serialized profiles (as ScanProfiles streams them) reads every access of
+    the rule for every row, with WireReader's meaning; strings become the rule's symbol codes,
+    which are the batch's vocabulary."""
 
-    def __init__(self, accesses: Sequence[Access]) -> None:
-        self.accesses = tuple(accesses)
-        self.events = EventWindows(self.accesses)
-        self.values = {a.key: _batch_values(a) for a in self.accesses if a.kind != "events"}
+    def __init__(self, rule: CompiledRule) -> None:
+        self.accesses = tuple(rule.accesses)
+        self.program = compile_program([rule.expr], reading_order(self.accesses))
+        self.slots = self.program.numbers + self.program.strings
+        self.wire = WireProgram(self.program, [wire_read(a) for a in self.slots], DAY_MS)
+        self._fallback = FeatureReader(self.program)
 
     def batch(self, chunk: Sequence[common_pb2.Profile | bytes], now_ms: int) -> ColumnBatch:
-        """Columns for a chunk of profiles, given as messages or as their serialized bytes (as
-        streamed by ScanProfiles): bytes feed the events kernel as they are, and are decoded
-        only when the rule reads something besides event counters."""
-        vocab: dict[str, int] = {}
+        """Columns for a chunk of profiles, given as messages or as their serialized bytes. Bytes the
+        kernel cannot read are decoded (a DecodeError when they are not a Profile) and read through
+        the protobuf API."""
+        messages = [p if isinstance(p, bytes) else p.SerializeToString() for p in chunk]
+        values, read = self.wire.read_many(messages, now_ms, root=(_PROFILE_IN_ENVELOPE,))
+        for row in np.flatnonzero(~read):
+            item = chunk[row]
+            profile = common_pb2.Profile.FromString(item) if isinstance(item, bytes) else item
+            values[:, row] = self._fallback.read(profile, _NO_CONTEXT, now_ms)
         columns: dict[str, np.ndarray] = {}
-        if self.values:
-            profiles = [common_pb2.Profile.FromString(p) if isinstance(p, bytes) else p for p in chunk]
-            for access in self.accesses:
-                values = self.values.get(access.key)
-                if values is not None:
-                    columns[access.key] = to_column(values(profiles), access.type, vocab)
-        plan = self.events.plan
-        if plan is not None:
-            today = now_ms // DAY_MS
-            sums = plan.sums_many([p if isinstance(p, bytes) else p.SerializeToString() for p in chunk], today)
-            for i, access in enumerate(self.events.accesses):
-                column = columns[access.key] = np.ascontiguousarray(sums[:, i])
-                for row in np.flatnonzero(np.isnan(column)):  # malformed bytes: decode, or fail loudly
-                    item = chunk[row]
-                    profile = common_pb2.Profile.FromString(item) if isinstance(item, bytes) else item
-                    column[row] = events_slow(profile, access.field, access.arg, today)  # type: ignore[arg-type]
-        return ColumnBatch(len(chunk), columns, vocab)
+        for access, column in zip(self.slots, values, strict=True):
+            if access.type is VT.NUMBER:
+                columns[access.key] = column
+            else:
+                columns[access.key] = column.astype(np.bool_ if access.type is VT.BOOL else np.int32)
+        return ColumnBatch(len(chunk), columns, dict(self.program.symbols))
+
+
+_NO_CONTEXT = common_pb2.Context()  # a scan has no request context: context.* keep their defaults
 
 
 def warm_up() -> None:
-    """Run every path once (feature parts, both events paths, the program kernel, column extraction)
-    so the first request pays no lazy initialisation; the Numba kernels load from their cache."""
+    """Run every path once (the wire kernels for one shopper and for columns, the protobuf reader
+    with both events paths, the program kernel) so the first request pays no lazy initialisation;
+    the Numba kernels load from their cache."""
     rule = compile_rule('events("PURCHASE", days=30) >= 0 and category_affinity["x"] >= 0 and "p" in '
                         'purchased_product_ids and context.country == "" and cart_size >= 0', SCHEMA)
     program = compile_program([rule.expr], reading_order(rule.accesses))
@@ -468,5 +453,5 @@ def warm_up() -> None:
     for p in (profile, common_pb2.Profile()):
         program.matching(reader.read(p, common_pb2.Context(), 30 * DAY_MS), 30 * DAY_MS)
         reader.matching(p, common_pb2.Context(), 30 * DAY_MS)
-    rule.evaluate_columns(ColumnExtractor(rule.accesses).batch([profile, common_pb2.Profile()], 30 * DAY_MS),
-                          30 * DAY_MS)
+        WireReader(program).matching(p, common_pb2.Context(), 30 * DAY_MS)
+    rule.evaluate_columns(ColumnExtractor(rule).batch([profile, common_pb2.Profile()], 30 * DAY_MS), 30 * DAY_MS)

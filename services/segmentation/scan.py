@@ -23,8 +23,8 @@ class ProfileScanner:
             raise ValueError("profile_addresses is empty; EstimateSize needs at least one profile shard")
         self.addresses = tuple(addresses)
         self._channels = [channel_for(a, config) for a in self.addresses]
-        # ScanProfiles answered as raw bytes: the events kernel reads them as they are and
-        # ColumnExtractor decodes them only when the rule needs more than event counters.
+        # ScanProfiles answered as raw bytes: ColumnExtractor's wire kernel reads them as they
+        # are, without decoding a profile.
         self._scans = [c.unary_stream(SCAN_METHOD,
                                       request_serializer=profile_pb2.ScanProfilesRequest.SerializeToString,
                                       response_deserializer=None) for c in self._channels]

@@ -210,7 +210,7 @@ def test_a_program_without_reads_ignores_the_message() -> None:
 ])
 def test_builder_refuses_bad_reads(reads: list[Read], numbers: int, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        build_layout(reads, numbers, {"": 0}, False, DAY_MS)
+        build_layout(reads, numbers, {"": 0}, False, DAY_MS)  # raises before returning
 
 
 def test_reads_must_cover_every_slot() -> None:
@@ -226,3 +226,33 @@ def test_hash_matches_the_kernel_on_colliding_buckets() -> None:
     assert read(reads, message) == [1.0 if i % 2 == 0 else 0.0 for i in range(40)]
     assert fnv1a(b"") == -3750763034362895579  # the FNV-1a offset basis, as a signed int64
     assert np.int64(fnv1a(b"a")) == fnv1a(b"a")
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=st.lists(st.tuples(st.integers(-3, 9), st.sampled_from(["", "a", "FR", "zz"]),
+                               st.lists(st.sampled_from(["p1", "p2", "q"]), max_size=3)), max_size=12))
+def test_many_messages_read_as_each_alone(rows: list[tuple[int, str, list[str]]]) -> None:
+    """read_many: one column per slot over many messages, each of the type at `root` of the reads
+    (here the sub-message in field 1), as read() gives for that message inside its envelope."""
+    reads = [Read((1, 6), "varint"), Read((1, 8), "contains", key="p2"), Read((1, 8), "count"),
+             Read((2, 1), "varint"), Read((1, 2), "string")]
+    kinds = [VT.NUMBER] * 4 + [VT.STRING]
+    wire = WireProgram(program_for(kinds, symbols=("FR",)), reads)
+    messages = [vi(6, n) + ld(2, country) + b"".join(ld(8, p) for p in viewed) for n, country, viewed in rows]
+    columns, read = wire.read_many(messages, NOW, root=(1,))
+    assert columns.shape == (len(reads), len(rows)) and read.all()
+    for i, message in enumerate(messages):
+        alone = wire.read(ld(1, message), NOW)
+        assert alone is not None and columns[:, i].tolist() == alone.tolist()
+
+
+def test_many_messages_flag_the_malformed_ones_and_keep_defaults_outside_the_root() -> None:
+    reads = [Read((1, 6), "varint"), Read((2, 1), "varint")]
+    wire = WireProgram(program_for([VT.NUMBER, VT.NUMBER]), reads)
+    columns, read = wire.read_many([vi(6, 4), b"\x08", vi(6, 5)], NOW, root=(1,))
+    assert read.tolist() == [True, False, True]
+    assert columns.tolist() == [[4.0, 0.0, 5.0], [0.0, 0.0, 0.0]]
+    only_outside = WireProgram(program_for([VT.NUMBER]), [Read((2, 1), "varint")])
+    columns, read = only_outside.read_many([vi(1, 7), b"\xff"], NOW, root=(1,))  # nothing read inside field 1
+    assert columns.tolist() == [[0.0, 0.0]] and read.all()
+    assert wire.read_many([], NOW, root=(1,))[0].shape == (2, 0)
