@@ -26,6 +26,12 @@ RPC_LATENCY = Histogram(
 )
 RPC_IN_FLIGHT = Gauge("vitrine_grpc_server_in_flight", "RPCs being handled", ["service"])
 SERVICE_READY = Gauge("vitrine_service_ready", "1 once the service reports SERVING", ["service"])
+ABANDONED_RESPONSES = Counter(
+    "vitrine_grpc_server_abandoned_responses_total",
+    "Answers gRPC could not send because the caller had already gone (its deadline passed or it "
+    "cancelled), by method",
+    ["method"],
+)
 
 
 def start_metrics_server(port: int, host: str = "0.0.0.0") -> int | None:
