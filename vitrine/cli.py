@@ -25,7 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vitrine", description="Vitrine real-time personalization engine")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in _commands():
-        command = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)  # type: ignore[attr-defined]
+        text: str = module.HELP  # type: ignore[attr-defined]
+        # argparse %-formats help strings ("80% Personalize" would break `vitrine --help`).
+        command = sub.add_parser(module.NAME, help=text.replace("%", "%%"), description=text)  # type: ignore[attr-defined]
         module.add_arguments(command)  # type: ignore[attr-defined]
         command.set_defaults(_run=module.run)  # type: ignore[attr-defined]
     return parser
