@@ -93,6 +93,12 @@ def test_scan_1m_messages(benchmark, rule_name: str) -> None:  # type: ignore[no
     def run() -> tuple[int, int]:
         return asyncio.run(count_matching(rule, stream(), NOW))
 
+    async def few() -> AsyncIterator[bytes]:
+        for message in messages[:100]:
+            yield message
+
+    asyncio.run(count_matching(rule, few(), NOW))  # compile (or load) the kernels outside the timing
+
     matching, total = benchmark.pedantic(run, rounds=1, iterations=1)
     assert total == ROWS
     print(f"\nscan path, {rule_name}: {matching} of {total} match")

@@ -7,8 +7,8 @@
 Reading each feature through a Python protobuf API costs 0.1-0.7 us per value (an attribute
 read, a map lookup, a pass over a repeated field); with 50 features that is most of an
 Evaluate. This kernel walks the serialized message once and fills every slot on the way,
-then runs the program over the same register file. Like `daily.py` it knows only the wire
-format: which field numbers to read and how (`Read`) is the caller's business.
+then runs the program over the same register file. It knows only the wire format: which
+field numbers to read and how (`Read`) is the caller's business.
 
 The walk dispatches on (message node, field number) through a dense table, so a field no
 read names costs only its skip. Sub-messages on a read's path are entered; repeated
@@ -32,8 +32,14 @@ from collections.abc import Mapping, Sequence
 import numba
 import numpy as np
 
-from scoring.rules.daily import _BYTES, _RAW, _varint
 from scoring.rules.program import Program, _evaluate
+
+# A message's `bytes` are passed to the per-message kernels as they are (numba's Bytes type):
+# np.frombuffer would cost ~1 us per call. The batch kernel walks a joined buffer as an array
+# (read-only: np.frombuffer over bytes). The walking helpers read only `len(buf)` and
+# `buf[i]`, which both types have, and compile for both.
+_RAW = numba.types.Bytes(numba.uint8, 1, "C", readonly=True)
+_BYTES = numba.types.Array(numba.uint8, 1, "C", readonly=True)
 
 # Ops. Scalars and lists read the field's own value; the element ops parse each occurrence
 # (a map entry, a repeated sub-message) and read fields inside it.
@@ -266,6 +272,27 @@ def build_layout(reads: Sequence[Read], numbers: int, symbols: Mapping[str, int]
 
 
 # -- the kernel ---------------------------------------------------------------------------
+
+# (value, next position); (-1, -1) when the varint runs off the end or past 64 bits.
+@numba.njit([numba.types.UniTuple(numba.int64, 2)(b, numba.int64) for b in (_BYTES, _RAW)], cache=True,
+            nogil=True, inline="always")
+def _varint(buf, pos):  # pragma: no cover - compiled
+    if pos < len(buf) and buf[pos] < 0x80:  # one byte: keys, types, counts, short lengths
+        return np.int64(buf[pos]), pos + 1
+    result = np.uint64(0)
+    shift = np.uint64(0)
+    n = len(buf)
+    while pos < n:
+        b = np.uint64(buf[pos])
+        pos += 1
+        result |= (b & np.uint64(0x7F)) << shift
+        if b < np.uint64(0x80):
+            return np.int64(result), pos
+        shift += np.uint64(7)
+        if shift >= np.uint64(64):
+            return -1, -1
+    return -1, -1
+
 
 @numba.njit(cache=True, inline="always")
 def _fixed(buf, pos, n):  # pragma: no cover - compiled
@@ -668,8 +695,8 @@ MALFORMED = -1
 
 
 # Read and run in one call: each Numba call costs ~1 us of dispatch. Numba's cache does not
-# see changes to callees in other files: after editing program.py's or daily.py's kernels,
-# touch this file so these are recompiled too.
+# see changes to callees in other files: after editing program.py's kernel (_evaluate), touch
+# this file so these are recompiled too.
 @numba.njit(_I64S(_I64S, _F64S, _I64S, _U8S, _RAW, numba.float64), cache=True)
 def _run_wire(code, consts, layout, pool, message, now):  # pragma: no cover - compiled
     reg = np.empty(code[0], dtype=np.float64)

@@ -30,13 +30,11 @@ from scoring.rules import (
     compile_program,
     compile_rule,
 )
-from scoring.rules.daily import WindowPlan
 from scoring.rules.wire import MALFORMED, Read, WireProgram
 from services.segmentation.config import MAX_EVENT_DAYS
 from vitrine.v1 import common_pb2
 
 DAY_MS = 86_400_000
-KERNEL_MIN_COUNTERS = 16   # more daily counters than this: sum windows with the compiled kernel
 
 _CONTEXT_FIELDS: dict[str, FieldType] = {
     "device_type": FieldType.STRING, "os": FieldType.STRING, "browser": FieldType.STRING,
@@ -156,26 +154,8 @@ class EventWindows:
         for i, a in enumerate(self.accesses):
             windows.setdefault(common_pb2.EventType.Value(a.field), []).append((i, 1 - a.arg))  # type: ignore[operator]
         self.windows = {code: tuple(w) for code, w in windows.items()}
-        self.plan = WindowPlan(
-            field=_DAILY_FIELD, day_field=_DAILY_FIELDS["day"], type_field=_DAILY_FIELDS["type"],
-            count_field=_DAILY_FIELDS["count"],
-            types=np.array([common_pb2.EventType.Value(a.field) for a in self.accesses], dtype=np.int64),
-            days=np.array([a.arg for a in self.accesses], dtype=np.int64),
-        ) if self.accesses else None
 
     def sums(self, profile: common_pb2.Profile, now_ms: int) -> list[float]:
-        """Few counters: one Python pass over them. Many: one pass of the compiled kernel over the
-        serialized message (serializing costs less than reading ~20 counters in Python)."""
-        if self.use_kernel(profile):
-            sums = self.plan.sums(profile.SerializeToString(), now_ms // DAY_MS)  # type: ignore[union-attr]
-            if sums is not None:
-                return sums
-        return self.counted(profile, now_ms)
-
-    def use_kernel(self, profile: common_pb2.Profile) -> bool:
-        return self.plan is not None and len(profile.daily_events) > KERNEL_MIN_COUNTERS
-
-    def counted(self, profile: common_pb2.Profile, now_ms: int) -> list[float]:
         """The sums through the protobuf API, one pass over the counters."""
         today = now_ms // DAY_MS
         totals = [0] * len(self.accesses)
@@ -440,15 +420,15 @@ _NO_CONTEXT = common_pb2.Context()  # a scan has no request context: context.* k
 
 
 def warm_up() -> None:
-    """Run every path once (the wire kernels for one shopper and for columns, the protobuf reader
-    with both events paths, the program kernel) so the first request pays no lazy initialisation;
-    the Numba kernels load from their cache."""
+    """Run every path once (the wire kernels for one shopper and for columns, the protobuf reader,
+    the program kernel) so the first request pays no lazy initialisation; the Numba kernels load
+    from their cache."""
     rule = compile_rule('events("PURCHASE", days=30) >= 0 and category_affinity["x"] >= 0 and "p" in '
                         'purchased_product_ids and context.country == "" and cart_size >= 0', SCHEMA)
     program = compile_program([rule.expr], reading_order(rule.accesses))
     reader = FeatureReader(program)
     profile = common_pb2.Profile(purchased_product_ids=["p"], cart=[common_pb2.CartItem(product_id="p")])
-    for day in range(KERNEL_MIN_COUNTERS + 1):
+    for day in range(20):
         profile.daily_events.add(day=day, type=common_pb2.PURCHASE, count=1)
     for p in (profile, common_pb2.Profile()):
         program.matching(reader.read(p, common_pb2.Context(), 30 * DAY_MS), 30 * DAY_MS)
