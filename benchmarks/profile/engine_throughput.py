@@ -14,7 +14,8 @@ import tempfile
 import time
 from collections.abc import AsyncIterator
 
-from benchmarks.profile.load import cpu_seconds, make_events
+from benchmarks.loadtest.cpu import cpu_seconds
+from benchmarks.profile.load import make_events
 from services.profile import config as C
 from services.profile.engine import ProfileEngine
 from services.profile.store import LmdbProfileStore
@@ -38,10 +39,10 @@ async def run(args: argparse.Namespace) -> None:
                 yield event
 
         started, cpu0 = time.perf_counter(), time.process_time()
-        writer_cpu0 = cpu_seconds(writer.pid) if writer is not None and writer.pid else 0.0
+        writer_cpu0 = (cpu_seconds(writer.pid) or 0.0) if writer is not None and writer.pid else 0.0
         summaries = await asyncio.gather(*(engine.track_stream(feed(s)) for s in streams))
         elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu0
-        writer_cpu = cpu_seconds(writer.pid) - writer_cpu0 if writer is not None and writer.pid else 0.0
+        writer_cpu = (cpu_seconds(writer.pid) or 0.0) - writer_cpu0 if writer is not None and writer.pid else 0.0
         accepted = sum(s.accepted for s in summaries)
         split = f" (this process {cpu:.1f} s, writer process {writer_cpu:.1f} s)" if writer is not None else ""
         print(f"engine track_stream: {accepted} events in {elapsed:.2f} s = {accepted / elapsed:,.0f} events/s "
