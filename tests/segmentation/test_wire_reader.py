@@ -3,7 +3,11 @@ what a reader must skip (unknown fields, groups), malformed input, and the build
 
 from __future__ import annotations
 
+import os
 import struct
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -256,3 +260,66 @@ def test_many_messages_flag_the_malformed_ones_and_keep_defaults_outside_the_roo
     columns, read = only_outside.read_many([vi(1, 7), b"\xff"], NOW, root=(1,))  # nothing read inside field 1
     assert columns.tolist() == [[0.0, 0.0]] and read.all()
     assert wire.read_many([], NOW, root=(1,))[0].shape == (2, 0)
+
+
+# Every op, over a message that exercises all of them: the fuzz tests below mutate it.
+FUZZ_READS = [Read((1, 6), "varint"), Read((1, 2), "double"), Read((1, 3), "bool"), Read((1, 8), "count"),
+              Read((1, 8), "contains", key="p2"), Read((1, 9), "map_double", key="run"),
+              Read((1, 9), "map_has", key="yoga"), Read((1, 10), "map_varint", key="n"),
+              Read((1, 16), "sum_quantity", args=(2,)), Read((1, 16), "sum_price_quantity", args=(2, 3)),
+              Read((1, 16), "element_contains", key="p1", args=(1,)),
+              Read((1, 24), "window", args=(1, 2, 3, 2, 30)), Read((2, 13, 3), "varint"),
+              Read((1, 8), "index", args=(1,)), Read((1, 11), "map_string", key="tier"),
+              Read((1, 16), "element_index", args=(0, 1)), Read((2, 1), "string")]
+FUZZ_KINDS = [VT.NUMBER] * 13 + [VT.STRING] * 4
+FUZZ_WIRE = WireProgram(program_for(FUZZ_KINDS, symbols=("p2", "gold"), compare_strings=True), FUZZ_READS)
+FUZZ_MESSAGE = ld(1, vi(6, 3) + f64(2, 1.5) + vi(3, 1) + ld(8, "p1") + ld(8, "p2") + ld(9, entry("run", f64(2, 2.0)))
+                  + ld(9, entry("yoga", b"")) + ld(10, entry("n", vi(2, 4))) + ld(11, entry("tier", ld(2, "gold")))
+                  + ld(16, ld(1, "p1") + vi(2, 2) + f64(3, 9.5)) + ld(24, vi(1, TODAY) + vi(2, 2) + vi(3, 5))
+                  ) + ld(2, ld(1, "mobile") + ld(13, vi(3, 7)))
+
+
+def _read_every_way(message: bytes) -> None:
+    features = FUZZ_WIRE.read(message, NOW)
+    hits = FUZZ_WIRE.matching(message, NOW)
+    assert (features is None) == (hits is None)
+    columns, read = FUZZ_WIRE.read_many([message, message[1:], message], NOW, root=(1,))
+    assert columns.shape == (len(FUZZ_READS), 3) and read.shape == (3,)
+
+
+def test_the_fuzz_message_reads_every_op() -> None:
+    features = FUZZ_WIRE.read(FUZZ_MESSAGE, NOW)
+    assert features is not None
+    assert features[:13].tolist() == [3.0, 1.5, 1.0, 2.0, 1.0, 2.0, 1.0, 4.0, 2.0, 19.0, 1.0, 5.0, 7.0]
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=400))
+def test_arbitrary_bytes_never_crash_the_kernels(data: bytes) -> None:
+    """The kernels do no bounds checking of their own: every read must stay inside the message,
+    whatever the bytes (a corrupt stored profile reaches read_many through ScanProfiles)."""
+    _read_every_way(data)
+    _read_every_way(ld(1, data))
+
+
+@settings(max_examples=300, deadline=None)
+@given(cuts=st.lists(st.tuples(st.integers(0, len(FUZZ_MESSAGE) - 1), st.integers(0, 255)), min_size=1, max_size=6),
+       end=st.integers(0, len(FUZZ_MESSAGE)))
+def test_damaged_messages_never_crash_the_kernels(cuts: list[tuple[int, int]], end: int) -> None:
+    damaged = bytearray(FUZZ_MESSAGE)
+    for at, value in cuts:
+        damaged[at] = value
+    _read_every_way(bytes(damaged))
+    _read_every_way(bytes(damaged[:end]))
+
+
+@pytest.mark.slow
+def test_fuzzed_kernels_stay_in_bounds_with_numba_bounds_checking(tmp_path: Path) -> None:
+    """Compiled normally, an out-of-bounds read goes unnoticed; with NUMBA_BOUNDSCHECK=1 it raises
+    IndexError. Run the fuzz tests again that way, in a child process with its own kernel cache."""
+    env = {**os.environ, "NUMBA_BOUNDSCHECK": "1", "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", "never_crash"],
+        env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "2 passed" in done.stdout
