@@ -395,8 +395,8 @@ class SegmentEngine:
 async def count_matching(compiled: CompiledRule, source: AsyncIterable[common_pb2.Profile | bytes], now: int,
                          chunk_rows: int = cfg.ESTIMATE_CHUNK_ROWS) -> tuple[int, int]:
     """Collect streamed profiles (messages or serialized bytes) into chunks; turn each chunk into
-    the columns the rule needs (one pass per access, events windows by the compiled kernel) and
-    evaluate it at once."""
+    the columns the rule needs (one pass of the wire kernel over the chunk's bytes) and evaluate
+    it at once."""
     extractor = ColumnExtractor(compiled)
     chunk: list[common_pb2.Profile | bytes] = []
     matching = total = 0
