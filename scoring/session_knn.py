@@ -187,7 +187,7 @@ def _top_m_csr(m: sp.csr_matrix, top_m: int) -> Neighbours:
     return Neighbours(indptr, indices, weights)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _top_m_kernel(src_ptr, src_idx, src_val, top_m, indptr, indices, weights):  # pragma: no cover
     n = src_ptr.shape[0] - 1
     for i in range(n):
@@ -351,7 +351,7 @@ def session_scores_reference(neighbours: Neighbours, recent: np.ndarray, *, n_re
     return out
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _topk_batch(indptr, indices, weights, flat, offsets, pos_w, rep_w, k, out_idx, out_sc):  # pragma: no cover
     n_items = indptr.shape[0] - 1
     acc = np.zeros(n_items, dtype=np.float64)

@@ -130,3 +130,10 @@ def test_tune_repeat_weight_follows_the_store() -> None:
     light, res = sk.tune_repeat_weight(_sessions_with_reviews(0, False), 40, grid=(0.1, 5.0))
     assert light == 0.1 and res[0.1] > res[5.0]
     assert sk.tune_repeat_weight([np.array([0, 1])] * 5, 2) == (sk.DEFAULT_REPEAT_WEIGHT, {})
+
+
+def test_training_kernels_release_the_gil() -> None:
+    """Train runs these in a worker thread; holding the GIL would stop the service's event loop
+    (and every Recommend on it) for as long as they run (benchmarks/recommendation.md)."""
+    for kernel in (sk._top_m_kernel, sk._topk_batch):
+        assert kernel.targetoptions.get("nogil") is True, kernel.__name__
