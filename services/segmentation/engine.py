@@ -396,25 +396,24 @@ async def count_matching(compiled: CompiledRule, source: AsyncIterable[common_pb
                          chunk_rows: int = cfg.ESTIMATE_CHUNK_ROWS) -> tuple[int, int]:
     """Collect streamed profiles (messages or serialized bytes) into chunks; turn each chunk into
     the columns the rule needs (one pass of the wire kernel over the chunk's bytes) and evaluate
-    it at once."""
+    it at once, in a worker thread: the kernel releases the GIL, so Evaluate calls go on being
+    answered while a chunk is counted (tens of milliseconds for 16,384 profiles)."""
     extractor = ColumnExtractor(compiled)
     chunk: list[common_pb2.Profile | bytes] = []
     matching = total = 0
 
-    def flush() -> None:
-        nonlocal matching, total
-        batch = extractor.batch(chunk, now)
-        matching += int(np.count_nonzero(compiled.evaluate_columns(batch, now)))
-        total += len(chunk)
-        chunk.clear()
+    def count(rows: list[common_pb2.Profile | bytes]) -> int:
+        return int(np.count_nonzero(compiled.evaluate_columns(extractor.batch(rows, now), now)))
 
     async for profile in source:
         chunk.append(profile)
         if len(chunk) >= chunk_rows:
-            flush()
-            await asyncio.sleep(0)  # let Evaluate calls in between chunks
+            rows, chunk = chunk, []
+            matching += await asyncio.to_thread(count, rows)
+            total += len(rows)
         elif len(chunk) % cfg.ESTIMATE_YIELD_EVERY == 0:
             await asyncio.sleep(0)
     if chunk:
-        flush()
+        matching += await asyncio.to_thread(count, chunk)
+        total += len(chunk)
     return matching, total
