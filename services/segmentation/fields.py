@@ -136,13 +136,6 @@ def _raw(field: str) -> Callable[[common_pb2.Profile], Any]:
     return _DERIVED.get(field) or operator.attrgetter(field)
 
 
-def events_slow(profile: common_pb2.Profile, event: str, days: int, today: int) -> float:
-    """events(event, days=days) through the protobuf API: the obvious version."""
-    code = common_pb2.EventType.Value(event)
-    first = today - days + 1
-    return float(sum(e.count for e in profile.daily_events if e.type == code and first <= e.day <= today))
-
-
 class EventWindows:
     """Every `events(TYPE, days=N)` window of a rule set, summed in one pass over the counters."""
 

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scoring.rules import compile_program, compile_rule
-from services.segmentation.fields import SCHEMA, EventWindows, WireReader, events_slow, reading_order
+from services.segmentation.fields import SCHEMA, EventWindows, WireReader, reading_order
 from vitrine.v1 import common_pb2 as c
 
 TODAY = 20_415
@@ -15,6 +15,13 @@ NAMES = sorted(v.name for v in c.EventType.DESCRIPTOR.values if v.number != 0)
 counters = st.lists(st.tuples(st.integers(-5, TODAY + 3), st.integers(0, 11), st.integers(0, 2**31 - 1)),
                     max_size=60)
 queries = st.lists(st.tuples(st.sampled_from(NAMES), st.integers(1, 365)), min_size=1, max_size=12)
+
+
+def events_slow(profile: c.Profile, event: str, days: int, today: int) -> float:
+    """events(event, days=days) through the protobuf API: the obvious version."""
+    code = c.EventType.Value(event)
+    first = today - days + 1
+    return float(sum(e.count for e in profile.daily_events if e.type == code and first <= e.day <= today))
 
 
 def profile_of(rows: list[tuple[int, int, int]]) -> c.Profile:
