@@ -51,7 +51,7 @@ from services.recommendation.engine import TRENDING_REFRESH_MS, Query, Recommend
 from services.recommendation.model import Model, ModelStore, assemble, new_version
 from services.recommendation.signals import SNAPSHOT_FILE, WEIGHTS, ObserveResult, Signals
 from services.recommendation.training import SESSION_EVENT_TYPES, Trained, sessions_from_events, train_model
-from vitrine.v1 import common_pb2, profile_pb2, profile_pb2_grpc, recommend_pb2_grpc
+from vitrine.v1 import common_pb2, profile_pb2, profile_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -127,12 +127,7 @@ class RecommendationService:
         self._trending_task: asyncio.Task[None] | None = None
         self._model_task: asyncio.Task[None] | None = None
 
-    # -- lifecycle ---------------------------------------------------------------------------
-    def add_to_server(self, server: grpc.aio.Server) -> None:
-        from services.recommendation.servicer import RecommendServicer
-
-        recommend_pb2_grpc.add_RecommendServiceServicer_to_server(RecommendServicer(self), server)
-
+    # -- lifecycle (app.RecommendationApp binds the servicer, as every service's app.py does) ------
     async def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         (self.directory / "models").mkdir(exist_ok=True)
