@@ -12,7 +12,10 @@ import threading
 import time
 from pathlib import Path
 
-from vitrine.supervisor import DEFAULT_PORTS, Suite, SuiteLayout, is_empty_data_dir, tail
+from vitrine.supervisor import DEFAULT_PORTS, Suite, SuiteLayout, is_empty_data_dir, status_table, tail
+
+# How often the supervisor looks for crashed children and restarts due ones.
+POLL_SECONDS = 0.5
 
 NAME = "up"
 HELP = "start all services on localhost (demo store loaded into an empty data dir) until Ctrl-C"
@@ -89,22 +92,23 @@ def run(args: argparse.Namespace) -> int:
         for child in suite.children:
             print(f"--- {child.name} ({child.log_path})\n{tail(child.log_path)}", file=sys.stderr)
         return 1
-    for child in suite.children:
-        print(f"  {child.name:<16} {child.address}  SERVING", file=sys.stderr)
+    print(status_table(suite.children), file=sys.stderr)
     try:
         if load and not stop.is_set():
             print("empty data directory: loading the demo store ...", file=sys.stderr)
             _load_demo(layout, args)
         print(f"Vitrine is up; the gateway is at {layout.address('gateway')}. Ctrl-C stops it.", file=sys.stderr)
-        while not stop.wait(1.0):
-            dead = suite.dead_children()
-            if dead:
-                for child in dead:
-                    print(f"{child.name} exited ({child.process.returncode}); last log lines:\n"  # type: ignore[union-attr]
-                          f"{tail(child.log_path)}", file=sys.stderr)
-                return 1
+        while not stop.wait(POLL_SECONDS):
+            events = suite.poll()
+            for event in events:
+                print(f"{event.child}: {event.message}", file=sys.stderr)
+                if event.error:
+                    print(f"--- last lines of {event.child}'s log:\n"
+                          f"{tail(suite.child(event.child).log_path)}", file=sys.stderr)
+            if events:
+                print(status_table(suite.children), file=sys.stderr)
         return 0
     finally:
-        print("stopping ...", file=sys.stderr)
+        print("stopping (gateway first) ...", file=sys.stderr)
         suite.stop()
         print("stopped.", file=sys.stderr)
