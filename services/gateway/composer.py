@@ -110,6 +110,10 @@ class Composer:
             self.observer.offer(request.event)
         return reply
 
+    async def track_batch(self, request: profile_pb2.TrackBatchRequest) -> profile_pb2.TrackSummary:
+        """Each event durable in its shard (partial failures counted in the summary)."""
+        return await self.router.track_batch(request)
+
     # --- Personalize -----------------------------------------------------------------------
 
     async def personalize(self, request: gateway_pb2.PersonalizeRequest) -> gateway_pb2.PersonalizeResponse:

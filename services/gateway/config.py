@@ -28,6 +28,13 @@ PROFILE_CALL_TIMEOUT_S = 5.0
 # Cross-shard Identify moves at most this many events of the anonymous profile.
 MAX_MOVED_EVENTS = 100_000
 
+# TrackBatch: at most this many events a request (as the profile service's TrackBatch), split by
+# shard; at most this many error strings in the merged summary (as the profile service's).
+MAX_BATCH_EVENTS = 1_000
+MAX_SUMMARY_ERRORS = 100
+# Alias lookups a sharded TrackBatch runs at once (one per distinct user id not in the cache).
+BATCH_RESOLVE_CONCURRENCY = 32
+
 # UserSignals built from the profile.
 MAX_SIGNAL_RECENT = 50           # recently viewed ids passed to Recommend
 MAX_SIGNAL_PURCHASED = 100

@@ -17,6 +17,7 @@ import asyncio
 import hashlib
 import logging
 import math
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -26,7 +27,7 @@ import grpc
 
 from services.common.channel import channel_for
 from services.common.config import ServerConfig
-from services.common.errors import FailedPrecondition, NotFound
+from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from services.gateway import config as limits
 from services.gateway.metrics import ALIAS_LOOKUPS, CROSS_SHARD_IDENTIFY
 from vitrine.v1 import common_pb2, profile_pb2, profile_pb2_grpc
@@ -34,6 +35,8 @@ from vitrine.v1 import common_pb2, profile_pb2, profile_pb2_grpc
 log = logging.getLogger(__name__)
 
 _MASK64 = 0xFFFFFFFFFFFFFFFF
+# A profile shard's TrackSummary error: "event <index in its batch> (<event_id>): <reason>".
+_EVENT_ERROR = re.compile(r"^event (\d+) ")
 
 
 def stable_key(user_id: str) -> int:
@@ -208,6 +211,105 @@ class ProfileRouter:
             event.user_id = target
             request = profile_pb2.TrackRequest(event=event)
         return await self._stub(target).Track(request, timeout=seconds)
+
+    async def track_batch(self, request: profile_pb2.TrackBatchRequest,
+                          seconds: float = limits.PROFILE_CALL_TIMEOUT_S) -> profile_pb2.TrackSummary:
+        """Each event to its user's shard, one TrackBatch per shard at once, summaries merged.
+
+        With one shard the request is forwarded as it is (its error is the caller's). With several,
+        a shard that fails or does not answer in time leaves its events unacknowledged: they are
+        counted as rejected with the reason (safe to resend: event_id is idempotent), while the
+        other shards' events are applied; only when no shard acknowledged anything is the first
+        error the caller's.
+        """
+        events = request.events
+        if len(events) > limits.MAX_BATCH_EVENTS:
+            raise InvalidArgument(f"{len(events)} events in one TrackBatch; at most {limits.MAX_BATCH_EVENTS} "
+                                  "(split the batch)")
+        if len(self.stubs) == 1:
+            return await self.stubs[0].TrackBatch(request, timeout=seconds)
+        targets, unresolved = await self._resolve_many({e.user_id for e in events if e.user_id}, seconds)
+        batches: dict[int, tuple[list[int], profile_pb2.TrackBatchRequest]] = {}
+        summary = profile_pb2.TrackSummary()
+        errors: list[tuple[int, str]] = []  # (original index, message)
+        for index, event in enumerate(events):
+            if event.user_id in unresolved:
+                errors.append((index, f"event {index} ({event.event_id}): not acknowledged: "
+                                      f"{unresolved[event.user_id]}; safe to resend"))
+                continue
+            target = targets.get(event.user_id, event.user_id)
+            indices, batch = batches.setdefault(self.shard_for(target), ([], profile_pb2.TrackBatchRequest()))
+            indices.append(index)
+            added = batch.events.add()
+            added.CopyFrom(event)
+            if target != event.user_id:
+                added.user_id = target
+        shards = sorted(batches)
+        replies = await asyncio.gather(*(self.stubs[s].TrackBatch(batches[s][1], timeout=seconds) for s in shards),
+                                       return_exceptions=True)
+        failures: list[BaseException] = []
+        not_acknowledged = sum(1 for e in events if e.user_id in unresolved)
+        for shard, reply in zip(shards, replies, strict=True):
+            indices, batch = batches[shard]
+            if isinstance(reply, BaseException):
+                if not isinstance(reply, grpc.aio.AioRpcError | TimeoutError):
+                    raise reply
+                failures.append(reply)
+                not_acknowledged += len(indices)
+                why = (f"{reply.code().name}: {reply.details()}" if isinstance(reply, grpc.aio.AioRpcError)
+                       else "no answer in time")
+                errors.extend((i, f"event {i} ({events[i].event_id}): not acknowledged: profile shard {shard} "
+                                  f"{why}; safe to resend") for i in indices)
+                continue
+            summary.accepted += reply.accepted
+            summary.duplicates += reply.duplicates
+            summary.rejected += reply.rejected
+            for message in reply.errors:
+                match = _EVENT_ERROR.match(message)
+                if match and int(match.group(1)) < len(indices):
+                    original = indices[int(match.group(1))]
+                    errors.append((original, f"event {original} " + message[match.end():]))
+                else:
+                    errors.append((len(events), f"profile shard {shard}: {message}"))
+        if len(failures) == len(shards) and (failures or unresolved):
+            # Nothing was acknowledged: the caller's error, as with one shard.
+            if failures:
+                raise failures[0]
+            raise Unavailable(f"no event acknowledged: {next(iter(unresolved.values()))}")
+        summary.rejected += not_acknowledged
+        errors.sort(key=lambda pair: pair[0])
+        summary.errors.extend(message for _, message in errors[:limits.MAX_SUMMARY_ERRORS])
+        return summary
+
+    async def _resolve_many(self, user_ids: set[str], seconds: float) -> tuple[dict[str, str], dict[str, str]]:
+        """Targets of the ids (cached or asked, a bounded number at once) and the ids that could not be
+        resolved with the reason."""
+        targets: dict[str, str] = {}
+        unresolved: dict[str, str] = {}
+        ask: list[str] = []
+        for user_id in user_ids:
+            cached = self.aliases.get(user_id)
+            if cached is None:
+                ask.append(user_id)
+            elif cached:
+                targets[user_id] = cached
+        gate = asyncio.Semaphore(limits.BATCH_RESOLVE_CONCURRENCY)
+
+        async def one(user_id: str) -> None:
+            async with gate:
+                try:
+                    target = await self._ask_alias(user_id, seconds)
+                except grpc.aio.AioRpcError as err:
+                    unresolved[user_id] = (f"profile shard {self.shard_for(user_id)} {err.code().name}: "
+                                           f"{err.details()} (alias lookup)")
+                except TimeoutError:
+                    unresolved[user_id] = f"profile shard {self.shard_for(user_id)} alias lookup did not answer in time"
+                else:
+                    if target:
+                        targets[user_id] = target
+
+        await asyncio.gather(*(one(u) for u in ask))
+        return targets, unresolved
 
     async def get_profile_or_raise(self, user_id: str,
                                    seconds: float = limits.PROFILE_CALL_TIMEOUT_S) -> common_pb2.Profile:

@@ -42,6 +42,10 @@ class PersonalizationServicer(gateway_pb2_grpc.PersonalizationServiceServicer):
                     context: grpc.aio.ServicerContext) -> profile_pb2.TrackResponse:
         return await _forward(self.composer.track(request), context)
 
+    async def TrackBatch(self, request: profile_pb2.TrackBatchRequest,
+                         context: grpc.aio.ServicerContext) -> profile_pb2.TrackSummary:
+        return await _forward(self.composer.track_batch(request), context)
+
     async def Personalize(self, request: gateway_pb2.PersonalizeRequest,
                           context: grpc.aio.ServicerContext) -> gateway_pb2.PersonalizeResponse:
         return await self.composer.personalize(request)

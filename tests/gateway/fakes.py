@@ -69,6 +69,25 @@ class FakeProfileServicer(profile_pb2_grpc.ProfileServiceServicer):
             profile.recently_viewed.insert(0, event.product_id)
         return profile_pb2.TrackResponse(applied=True, user_id=event.user_id)
 
+    async def TrackBatch(self, request, context):  # type: ignore[no-untyped-def]
+        await self.owner.faults.apply(context)
+        summary = profile_pb2.TrackSummary()
+        for index, event in enumerate(request.events):
+            if not event.event_id:
+                summary.rejected += 1
+                summary.errors.append(f"event {index} (): event.event_id is required")
+            elif event.event_id in self.owner.seen_event_ids:
+                summary.duplicates += 1
+            else:
+                self.owner.seen_event_ids.add(event.event_id)
+                self.owner.batched.append(event)
+                summary.accepted += 1
+        return summary
+
+    async def ResolveAlias(self, request, context):  # type: ignore[no-untyped-def]
+        await self.owner.faults.apply(context)
+        return profile_pb2.ResolveAliasResponse(target_id=self.owner.aliases.get(request.user_id, ""))
+
     async def GetProfile(self, request, context):  # type: ignore[no-untyped-def]
         await self.owner.faults.apply(context)
         profile = self.owner.profiles.get(request.user_id)
@@ -90,6 +109,9 @@ class FakeProfile(_Base):
     def __init__(self) -> None:
         super().__init__()
         self.profiles: dict[str, common_pb2.Profile] = {}
+        self.batched: list[common_pb2.Event] = []  # events applied through TrackBatch
+        self.seen_event_ids: set[str] = set()
+        self.aliases: dict[str, str] = {}  # alias -> target, for ResolveAlias
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         profile_pb2_grpc.add_ProfileServiceServicer_to_server(FakeProfileServicer(self), server)
