@@ -9,12 +9,15 @@ for the life of the process (model id maps and signal counters rely on that).
 
 Writers (`upsert`, `update_inventory`) commit to LMDB first (in a worker thread), then
 change the columns on the event loop, so the next request sees the change and a crash
-never leaves the columns ahead of the store.
+never leaves the columns ahead of the store. The same transaction appends every stock or
+price change to the change log (`changes.py`, the named database "catalog changes" of the
+same environment) that `FollowCatalog` serves.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +25,7 @@ from pathlib import Path
 import lmdb
 import numpy as np
 
+from services.recommendation.changes import ChangeLog, change_of
 from services.recommendation.config import (
     LMDB_MAP_SIZE,
     MAX_ATTRIBUTES,
@@ -30,7 +34,7 @@ from services.recommendation.config import (
     MAX_TAGS,
     MAX_TITLE_LENGTH,
 )
-from vitrine.v1 import common_pb2
+from vitrine.v1 import common_pb2, recommend_pb2
 
 CREATED_PRODUCT_STOCK = 1  # stock of products created by Train (create_missing_products)
 INITIAL_CAPACITY = 1_024
@@ -91,6 +95,7 @@ class Catalog:
     def __init__(self, directory: Path) -> None:
         self.path = directory / "catalog.lmdb"
         self.env: lmdb.Environment | None = None
+        self.changes: ChangeLog | None = None
         self.ids: list[str] = []
         self.row_of: dict[str, int] = {}
         self.titles: list[str] = []
@@ -108,10 +113,13 @@ class Catalog:
     def open(self) -> None:
         """Open LMDB and load every product into the columns (blocking: call off the loop)."""
         self.path.mkdir(parents=True, exist_ok=True)
-        self.env = lmdb.open(str(self.path), map_size=LMDB_MAP_SIZE, subdir=True, max_dbs=1)
+        self.env = lmdb.open(str(self.path), map_size=LMDB_MAP_SIZE, subdir=True, max_dbs=2)
+        self.changes = ChangeLog(self.env)
         products = []
         with self.env.begin() as txn:
-            for _key, value in txn.cursor():
+            for key, value in txn.cursor():
+                if _is_database_record(key):
+                    continue
                 product = common_pb2.Product()
                 product.ParseFromString(value)
                 products.append(product)
@@ -121,6 +129,7 @@ class Catalog:
         if self.env is not None:
             self.env.close()
             self.env = None
+            self.changes = None
 
     # -- reads -------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -179,6 +188,8 @@ class Catalog:
         out: dict[int, np.ndarray] = {}
         with self.env.begin() as txn:
             for key, value in txn.cursor():
+                if _is_database_record(key):
+                    continue
                 product = common_pb2.Product()
                 product.ParseFromString(value)
                 if len(product.embedding) == dim:
@@ -188,35 +199,55 @@ class Catalog:
         return out
 
     # -- writes ------------------------------------------------------------------------------
-    def write(self, products: Sequence[common_pb2.Product]) -> None:
-        """Commit `products` to LMDB (blocking). Call `apply` afterwards on the loop."""
-        assert self.env is not None
+    def write(self, products: Sequence[common_pb2.Product]) -> list[recommend_pb2.CatalogChange]:
+        """Commit `products` and their stock/price changes to LMDB (blocking); returns the changes
+        logged, with their seq. Call `apply` afterwards on the loop."""
+        assert self.env is not None and self.changes is not None
+        changed_ms = int(time.time() * 1000)
+        logged = []
         with self.env.begin(write=True) as txn:
             for product in products:
-                txn.put(product.product_id.encode(), product.SerializeToString())
+                key = product.product_id.encode()
+                raw = txn.get(key)
+                previous = None
+                if raw is not None:
+                    previous = common_pb2.Product()
+                    previous.ParseFromString(raw)
+                change = change_of(previous, product, changed_ms)
+                if change is not None:
+                    logged.append(change)
+                txn.put(key, product.SerializeToString())
+            self.changes.append(txn, logged)
+        return logged
 
     def apply(self, products: Sequence[common_pb2.Product]) -> None:
         """Make the columns reflect `products` (already committed)."""
         self._apply(products)
 
-    def write_stock(self, changes: Sequence[StockChange]) -> list[common_pb2.Product | None]:
-        """Commit stock/price changes to LMDB (blocking); returns the new products (None = unknown)."""
-        assert self.env is not None
-        out: list[common_pb2.Product | None] = []
+    def write_stock(self, changes: Sequence[StockChange]) -> list[recommend_pb2.CatalogChange]:
+        """Commit stock/price changes to LMDB (blocking; unknown ids are skipped); returns the
+        changes logged, with their seq (an update that moves nothing logs nothing)."""
+        assert self.env is not None and self.changes is not None
+        changed_ms = int(time.time() * 1000)
+        logged = []
         with self.env.begin(write=True) as txn:
             for change in changes:
                 raw = txn.get(change.product_id.encode())
                 if raw is None:
-                    out.append(None)
                     continue
+                previous = common_pb2.Product()
+                previous.ParseFromString(raw)
                 product = common_pb2.Product()
-                product.ParseFromString(raw)
+                product.CopyFrom(previous)
                 product.stock = change.stock
                 if change.price is not None:
                     product.price = change.price
+                logged_change = change_of(previous, product, changed_ms)
+                if logged_change is not None:
+                    logged.append(logged_change)
                 txn.put(change.product_id.encode(), product.SerializeToString())
-                out.append(product)
-        return out
+            self.changes.append(txn, logged)
+        return logged
 
     def apply_stock(self, changes: Sequence[StockChange]) -> None:
         for change in changes:
@@ -262,3 +293,8 @@ class Catalog:
             self._stock[row] = product.stock
             self._category[row] = self._category_id(product.category)
         self.version += 1
+
+
+def _is_database_record(key: bytes) -> bool:
+    """Named databases are records of the main one; their names contain a space, product ids never."""
+    return b" " in key

@@ -50,6 +50,9 @@ RETRY_GROWTH = 4                  # when filters leave < k, retrieve this many t
 MAX_CANDIDATES = 20_000           # never retrieve more than this per request
 TRENDING_POOL = 2_000             # trending items kept ranked for fallbacks
 LMDB_MAP_SIZE = 8 * 1024**3       # sparse file; the upper bound of the catalog store
+# FollowCatalog
+MAX_KEPT_CHANGES = 1_000_000      # catalog changes kept for followers (the oldest are pruned)
+FOLLOW_READ_BATCH = 500           # changes read from LMDB per transaction while a follower catches up
 
 
 def _f(default: Any, help_text: str) -> Any:

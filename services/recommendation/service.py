@@ -35,6 +35,7 @@ from services.recommendation.catalog import (
     product_id_error,
     stock_change_error,
 )
+from services.recommendation.changes import ChangeFeed, follow
 from services.recommendation.config import (
     MAX_BATCH_REQUESTS,
     MAX_DIMENSIONS,
@@ -51,7 +52,7 @@ from services.recommendation.engine import TRENDING_REFRESH_MS, Query, Recommend
 from services.recommendation.model import Model, ModelStore, assemble, new_version
 from services.recommendation.signals import SNAPSHOT_FILE, WEIGHTS, ObserveResult, Signals
 from services.recommendation.training import SESSION_EVENT_TYPES, Trained, sessions_from_events, train_model
-from vitrine.v1 import common_pb2, profile_pb2, profile_pb2_grpc
+from vitrine.v1 import common_pb2, profile_pb2, profile_pb2_grpc, recommend_pb2
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,7 @@ class RecommendationService:
         self.config = config
         self.directory = Path(config.data_dir) / SERVICE
         self.catalog = Catalog(self.directory)
+        self.catalog_feed = ChangeFeed()
         self.signals = Signals(config.trending_half_life_hours * 3_600_000)
         self.models = ModelStore(self.directory / "models")
         self.recommender = Recommender(self.catalog, self.signals, candidate_multiplier=config.candidate_multiplier,
@@ -132,6 +134,8 @@ class RecommendationService:
         self.directory.mkdir(parents=True, exist_ok=True)
         (self.directory / "models").mkdir(exist_ok=True)
         await asyncio.to_thread(self.catalog.open)
+        assert self.catalog.changes is not None
+        self.catalog_feed.last_seq = (await asyncio.to_thread(self.catalog.changes.bounds))[1]
         await asyncio.to_thread(self.signals.load, self.directory / SNAPSHOT_FILE, self.catalog.row_of)
         self.signals.rebuild_categories(self.catalog.category)
         version = self.models.current_version()
@@ -216,7 +220,8 @@ class RecommendationService:
         return await self._ingest(changes, "update", problem_of, self.catalog.write_stock, self.catalog.apply_stock)
 
     async def _ingest(self, items: AsyncIterable[Any], label: str, problem_of: Callable[[Any], str | None],
-                      write: Callable[[list[Any]], None], apply: Callable[[list[Any]], None]) -> Summary:
+                      write: Callable[[list[Any]], list[recommend_pb2.CatalogChange]],
+                      apply: Callable[[list[Any]], None]) -> Summary:
         """Validate a stream in batches; bad items are rejected one by one with their reason, the
         good ones of each batch are persisted (off the event loop) and then applied to the columns."""
         summary = Summary()
@@ -231,11 +236,24 @@ class RecommendationService:
                     good.append(item)
                 seen += 1
             if good:
-                async with self._write_lock:
-                    await asyncio.to_thread(write, good)
-                    apply(good)
+                # shielded: a caller that goes away mid-commit must not leave the columns and the
+                # catalog feed behind what LMDB committed
+                await asyncio.shield(self._commit(good, write, apply))
                 summary.upserted += len(good)
         return summary
+
+    async def _commit(self, items: list[Any], write: Callable[[list[Any]], list[recommend_pb2.CatalogChange]],
+                      apply: Callable[[list[Any]], None]) -> None:
+        async with self._write_lock:
+            logged = await asyncio.to_thread(write, items)
+            apply(items)
+            if logged:
+                await self.catalog_feed.published(logged[-1].seq)
+
+    def follow_catalog(self, from_seq: int) -> AsyncIterator[recommend_pb2.CatalogChange]:
+        """The catalog-change feed from `from_seq` (see `changes.follow`)."""
+        assert self.catalog.changes is not None
+        return follow(self.catalog.changes, self.catalog_feed, from_seq)
 
     def get_product(self, product_id: str) -> common_pb2.Product:
         problem = product_id_error(product_id)
@@ -339,9 +357,7 @@ class RecommendationService:
             missing = sorted({p for sess in sessions for p in sess if p not in known})
             if missing:
                 products = [common_pb2.Product(product_id=p, stock=CREATED_PRODUCT_STOCK) for p in missing]
-                async with self._write_lock:
-                    await asyncio.to_thread(self.catalog.write, products)
-                    self.catalog.apply(products)
+                await asyncio.shield(self._commit(products, self.catalog.write, self.catalog.apply))
                 created = len(products)
         row_of = self.catalog.row_of
         rows = [np.fromiter((row_of.get(p, -1) for p in sess), np.int64, len(sess)) for sess in sessions]

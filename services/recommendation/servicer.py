@@ -97,6 +97,11 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
         outcomes = self.service.recommend_many([query_from_proto(r) for r in request.requests], expired)
         return recommend_pb2.RecommendBatchResponse(results=[_batch_result(o) for o in outcomes])
 
+    async def FollowCatalog(self, request: recommend_pb2.FollowCatalogRequest,
+                            context: grpc.aio.ServicerContext) -> AsyncIterator[recommend_pb2.CatalogChange]:
+        async for change in self.service.follow_catalog(request.from_seq):
+            yield change
+
     async def GetProduct(self, request: recommend_pb2.GetProductRequest,
                          context: grpc.aio.ServicerContext) -> common_pb2.Product:
         return self.service.get_product(request.product_id)
