@@ -17,8 +17,11 @@ from services.common.config import ServerConfig, load_config
 from services.common.errors import InvalidArgument, NotFound
 from services.common.server import build_server
 from tests.support import assert_status
+from vitrine.health import wait_serving_async
+from vitrine.ports import free_port
 
 ECHO = "/test.Echo/Echo"
+WAIT_S = 10.0  # bound on every wait for an event in these tests
 
 
 class EchoService:
@@ -27,9 +30,15 @@ class EchoService:
     name = "echo"
     service_names: Sequence[str] = ("test.Echo",)
 
-    def __init__(self, start_delay: float = 0.0) -> None:
-        self.start_delay = start_delay
+    def __init__(self, hold_start: bool = False) -> None:
         self.stopped = False
+        # Events instead of sleeps: a test sees a call or the start-up begin, and lets it go on.
+        self.starting = asyncio.Event()
+        self.may_start = asyncio.Event()
+        if not hold_start:
+            self.may_start.set()
+        self.slow_entered = asyncio.Event()
+        self.release_slow = asyncio.Event()
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         async def echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
@@ -40,7 +49,8 @@ class EchoService:
             if request == b"boom":
                 raise RuntimeError("bug")
             if request == b"slow":
-                await asyncio.sleep(0.3)
+                self.slow_entered.set()
+                await asyncio.wait_for(self.release_slow.wait(), WAIT_S)
             return request
 
         handler = grpc.method_handlers_generic_handler(
@@ -49,7 +59,8 @@ class EchoService:
         server.add_generic_rpc_handlers((handler,))
 
     async def start(self) -> None:
-        await asyncio.sleep(self.start_delay)
+        self.starting.set()
+        await asyncio.wait_for(self.may_start.wait(), WAIT_S)
 
     async def stop(self) -> None:
         self.stopped = True
@@ -114,35 +125,51 @@ async def test_bearer_token_required_when_configured() -> None:
 
 
 async def test_not_serving_until_started() -> None:
-    service = EchoService(start_delay=0.5)
-    task = asyncio.create_task(build_server(config(port=0), service))
-    await asyncio.sleep(0.2)
-    assert not task.done()
-    running = await task
+    service = EchoService(hold_start=True)
+    port = free_port()
+    task = asyncio.create_task(build_server(config(port=port), service))
     try:
-        async with grpc.aio.insecure_channel(running.address) as channel:
+        await asyncio.wait_for(service.starting.wait(), WAIT_S)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            await assert_status(channel.unary_unary(ECHO)(b"x", timeout=5), grpc.StatusCode.UNAVAILABLE)
+            assert not task.done()
+            service.may_start.set()
+            await asyncio.wait_for(asyncio.shield(task), WAIT_S)
+            await wait_serving_async(channel, WAIT_S)
             assert await channel.unary_unary(ECHO)(b"x", timeout=5) == b"x"
     finally:
-        await running.stop(0)
+        service.may_start.set()
+        await (await task).stop(0)
 
 
 async def test_graceful_stop_lets_in_flight_calls_finish() -> None:
-    running = await build_server(config(), EchoService())
+    service = EchoService()
+    running = await build_server(config(), service)
     async with grpc.aio.insecure_channel(running.address) as channel:
         slow = asyncio.ensure_future(channel.unary_unary(ECHO)(b"slow", timeout=5))
-        await asyncio.sleep(0.1)
-        await running.stop(2.0)
+        await asyncio.wait_for(service.slow_entered.wait(), WAIT_S)
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(), timeout=WAIT_S)
+        assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+        stopping = asyncio.ensure_future(running.stop(2.0))
+        assert (await watch.read()).status == health_pb2.HealthCheckResponse.NOT_SERVING  # stop has begun
+        service.release_slow.set()
         assert await slow == b"slow"
+        await stopping
 
 
 async def test_concurrency_cap_answers_resource_exhausted() -> None:
-    running = await build_server(config(max_concurrent_rpcs=1), EchoService())
+    service = EchoService()
+    running = await build_server(config(max_concurrent_rpcs=1), service)
     try:
         async with grpc.aio.insecure_channel(running.address) as channel:
             call = channel.unary_unary(ECHO)
             slow = asyncio.ensure_future(call(b"slow", timeout=5))
-            await asyncio.sleep(0.1)
+            await asyncio.wait_for(service.slow_entered.wait(), WAIT_S)
             await assert_status(call(b"x", timeout=5), grpc.StatusCode.RESOURCE_EXHAUSTED)
+            service.release_slow.set()
             assert await slow == b"slow"
     finally:
         await running.stop(0)
