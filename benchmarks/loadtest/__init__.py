@@ -1,1 +1,1 @@
-"""Open-loop load benchmark of the gateway against a bare grpc.aio echo ceiling (`vitrine loadtest`)."""
+"""Open-loop load benchmark results of `vitrine loadtest` (code in vitrine/loadtest/) and the gateway-only run."""

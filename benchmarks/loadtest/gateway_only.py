@@ -1,6 +1,6 @@
 """The gateway's own cost: the same open-loop run against the gateway in front of instant
-in-memory backends (the fakes of tests/gateway), next to the echo ceiling. Separates what the
-gateway adds from what the real backends cost.
+in-memory backends (vitrine/loadtest/fakes.py, also used by the gateway tests), next to the
+echo ceiling. Separates what the gateway adds from what the real backends cost.
 
     python -m benchmarks.loadtest.gateway_only --steps 250,500,1000,1500 --out /tmp/gw-only
 """
@@ -10,22 +10,28 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from benchmarks.loadtest import report
-from benchmarks.loadtest.cpu import CpuSampler, annotate
-from benchmarks.loadtest.run import ROOT, _env, echo_server, free_port, run_generator
+from vitrine.health import wait_serving
+from vitrine.loadtest import report
+from vitrine.loadtest.cpu import CpuSampler, annotate
+from vitrine.loadtest.run import child_env, echo_server, run_generator
+from vitrine.ports import free_ports
+
+ROOT = Path(__file__).resolve().parents[2]
+START_TIMEOUT_S = 60.0
 
 USERS = 10_000
 
 
-async def _backends(ports: dict[str, int], ready: Path, batch: bool = True) -> None:
+async def _backends(ports: dict[str, int], batch: bool = True) -> None:
     from services.common.config import ServerConfig
     from services.common.server import build_server
-    from tests.gateway.fakes import FakeProfile, FakeRecommendation, FakeSegmentation
+    from vitrine.loadtest.fakes import FakeProfile, FakeRecommendation, FakeSegmentation
     from vitrine.v1 import common_pb2
 
     profile = FakeProfile()
@@ -36,7 +42,6 @@ async def _backends(ports: dict[str, int], ready: Path, batch: bool = True) -> N
     fakes = {"profile": profile, "segmentation": FakeSegmentation(), "recommendation": FakeRecommendation()}
     fakes["recommendation"].batch_implemented = batch  # type: ignore[attr-defined]
     servers = [await build_server(ServerConfig(port=ports[name]), fake) for name, fake in fakes.items()]
-    await asyncio.to_thread(ready.write_text, "ok")
     while servers:  # (holding `servers`: a grpc.aio server that is garbage-collected stops)
         # Keep the recorders from growing without bound.
         await asyncio.sleep(1)
@@ -60,25 +65,27 @@ def main(argv: list[str] | None = None) -> None:
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
         spec = json.loads(args.serve_backends)
-        asyncio.run(_backends(spec["ports"], Path(spec["ready"]), spec["batch"]))
+        asyncio.run(_backends(spec["ports"], spec["batch"]))
         return
     args.out.mkdir(parents=True, exist_ok=True)
-    ports = {name: free_port() for name in ("profile", "segmentation", "recommendation", "gateway")}
-    ready = args.out / "backends.ready"
-    ready.unlink(missing_ok=True)
-    spec = json.dumps({"ports": ports, "ready": str(ready), "batch": not args.no_batch})
+    names = ("profile", "segmentation", "recommendation", "gateway")
+    ports = dict(zip(names, free_ports(len(names)), strict=True))
+    spec = json.dumps({"ports": ports, "batch": not args.no_batch})
+    # This script is run from a checkout (benchmarks/ is not installed): the child imports it from ROOT.
+    env = {**child_env(), "PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))}
     backends = subprocess.Popen([sys.executable, "-m", "benchmarks.loadtest.gateway_only", "--serve-backends", spec],
-                                cwd=ROOT, env=_env())
+                                cwd=ROOT, env=env)
     gateway = None
     try:
-        while not ready.exists():
-            time.sleep(0.1)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        for name in ("profile", "segmentation", "recommendation"):
+            wait_serving(f"127.0.0.1:{ports[name]}", deadline, backends)
         gateway = subprocess.Popen([
             sys.executable, "-m", "services.gateway", "--port", str(ports["gateway"]), "--log-level", "ERROR",
             "--profile-addresses", f"127.0.0.1:{ports['profile']}",
             "--segmentation-address", f"127.0.0.1:{ports['segmentation']}",
-            "--recommendation-address", f"127.0.0.1:{ports['recommendation']}"], cwd=ROOT, env=_env())
-        time.sleep(3)
+            "--recommendation-address", f"127.0.0.1:{ports['recommendation']}"], env=child_env())
+        wait_serving(f"127.0.0.1:{ports['gateway']}", time.monotonic() + START_TIMEOUT_S, gateway)
         users = args.out / "users.txt"
         users.write_text("\n".join(f"u{i}" for i in range(USERS)))
         rates = [float(x) for x in args.steps.split(",")]
@@ -98,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
                 process.terminate()
                 process.wait(10)
     meta = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "store": "none: instant in-memory backends (tests/gateway/fakes.py), 10,000 known shoppers",
+            "store": "none: instant in-memory backends (vitrine/loadtest/fakes.py), 10,000 known shoppers",
             "suite": "gateway process + one process serving the three fake backends"
                      + (" (no RecommendBatch: one Recommend per placement)" if args.no_batch else "")}
     (args.out / "results.md").write_text(report.markdown(vitrine, echo, meta))

@@ -14,12 +14,12 @@ import tempfile
 import time
 from collections.abc import AsyncIterator
 
-from benchmarks.loadtest.cpu import cpu_seconds
 from benchmarks.profile.load import make_events
 from services.profile import config as C
 from services.profile.engine import ProfileEngine
 from services.profile.store import LmdbProfileStore
 from services.profile.writer import WriterProcess
+from vitrine.loadtest.cpu import cpu_seconds
 from vitrine.v1 import common_pb2
 
 

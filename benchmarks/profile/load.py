@@ -28,7 +28,7 @@ from pathlib import Path
 
 import grpc
 
-from benchmarks.loadtest.cpu import child_pids, own_cpu_seconds
+from vitrine.loadtest.cpu import child_pids, own_cpu_seconds
 from vitrine.v1 import common_pb2, profile_pb2, profile_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -21,7 +21,7 @@ import time
 
 import grpc
 
-from benchmarks.loadtest.cpu import own_cpu_seconds
+from vitrine.loadtest.cpu import own_cpu_seconds
 from vitrine.v1 import common_pb2
 
 SERVICE, METHOD = "bench.Sink", "Take"

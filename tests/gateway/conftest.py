@@ -12,7 +12,7 @@ from services.common.config import ServerConfig
 from services.common.server import RunningServer, build_server
 from services.gateway.app import GatewayService
 from services.gateway.config import GatewayConfig
-from tests.gateway.fakes import FakeProfile, FakeRecommendation, FakeSegmentation
+from vitrine.loadtest.fakes import FakeProfile, FakeRecommendation, FakeSegmentation
 from vitrine.v1 import gateway_pb2_grpc
 
 

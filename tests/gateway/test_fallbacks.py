@@ -10,8 +10,8 @@ import grpc
 import pytest
 
 from tests.gateway.conftest import FakeSuite
-from tests.gateway.fakes import TRENDING_IDS
 from tests.support import assert_status
+from vitrine.loadtest.fakes import TRENDING_IDS
 from vitrine.v1 import common_pb2, gateway_pb2, profile_pb2, recommend_pb2
 
 SLOW = 3.0          # a backend this slow has certainly missed the budget

@@ -15,8 +15,8 @@ from services.gateway.app import GatewayService
 from services.gateway.config import MAX_BATCH_EVENTS
 from services.gateway.router import jump_hash, stable_key
 from tests.gateway.conftest import FakeSuite, gateway_config
-from tests.gateway.fakes import FakeProfile, FakeRecommendation, FakeSegmentation
 from tests.support import assert_status
+from vitrine.loadtest.fakes import FakeProfile, FakeRecommendation, FakeSegmentation
 from vitrine.v1 import common_pb2, gateway_pb2_grpc, profile_pb2
 
 SHARDS = 3

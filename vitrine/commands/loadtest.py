@@ -14,10 +14,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported when the command runs: `vitrine --help` loads every command module
+    from vitrine.loadtest.run import Options
 
 NAME = "loadtest"
 HELP = "open-loop load test of the gateway (80% Personalize, 20% Track) against an echo ceiling"
-ROOT = Path(__file__).resolve().parents[2]
 STORE_NOTE = "loadtest-store.json"  # what a kept --data-dir holds (sizes, load time)
 
 
@@ -59,9 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))  # benchmarks/ lives next to the installed packages, not in them
-    from benchmarks.loadtest import run as loadtest
+    from vitrine.loadtest import run as loadtest
 
     options = loadtest.Options(gateway=args.gateway,
                                profile_addresses=[a for a in args.profile_addresses.split(",") if a],
@@ -80,15 +81,15 @@ def run(args: argparse.Namespace) -> int:
         return _with_suite(args, options, data_dir)
 
 
-def _with_suite(args: argparse.Namespace, options: object, data_dir: Path) -> int:
-    from benchmarks.loadtest import run as loadtest
+def _with_suite(args: argparse.Namespace, options: Options, data_dir: Path) -> int:
     from vitrine.demo.config import DemoConfig
     from vitrine.demo.loader import load_demo_sync
+    from vitrine.loadtest import run as loadtest
+    from vitrine.ports import free_port, free_port_base
     from vitrine.supervisor import DEFAULT_PORTS, SHARD_PORT_STEP, Suite, SuiteLayout, is_empty_data_dir
 
-    assert isinstance(options, loadtest.Options)
-    ports = {name: loadtest.free_port() for name in DEFAULT_PORTS}
-    ports["profile"] = _free_base(args.profile_shards, SHARD_PORT_STEP)
+    ports = {name: free_port() for name in DEFAULT_PORTS}
+    ports["profile"] = free_port_base(args.profile_shards, SHARD_PORT_STEP)
     layout = SuiteLayout(data_dir=data_dir, ports=ports, profile_shards=args.profile_shards)
     env = {"VITRINE_GATEWAY_PROCESSES": str(args.gateway_processes), "VITRINE_LOG_LEVEL": "WARNING"}
     if args.gateway_no_uvloop:
@@ -135,23 +136,6 @@ def _with_suite(args: argparse.Namespace, options: object, data_dir: Path) -> in
                      f"{'stock asyncio loop' if args.gateway_no_uvloop else 'uvloop'} in the gateway",
         }
         return _report(loadtest.run(options))
-
-
-def _free_base(shards: int, step: int) -> int:
-    """A port p with p, p + step, ... free (extra profile shards listen at profile + i * step)."""
-    import random
-    import socket
-
-    for _ in range(100):
-        base = random.randrange(20_000, 30_000)
-        try:
-            for i in range(shards):
-                with socket.socket() as sock:
-                    sock.bind(("127.0.0.1", base + i * step))
-        except OSError:
-            continue
-        return base
-    raise RuntimeError("no free ports for the profile shards")
 
 
 def _report(results: dict) -> int:

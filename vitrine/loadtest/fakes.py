@@ -1,4 +1,6 @@
-"""Test-only backends with injectable faults (delay, error status), for the fallback tests.
+"""In-memory backends with injectable faults (delay, error status): the gateway's fallback tests
+and the gateway-only load run (benchmarks/loadtest/gateway_only.py) serve them in place of the
+real profile, segmentation and recommendation services.
 
 They implement just enough of each backend's contract to be recognisable in answers;
 composition, routing, sharding and recovery are also tested against the real services.

@@ -5,7 +5,7 @@ slow server shows as latency, not as a politely lower offered load. Latency is m
 from each request's *scheduled* send time (no coordinated omission: if the generator
 itself falls behind, that shows too, and the send lag is reported separately).
 
-    python -m benchmarks.loadtest.generator --target 127.0.0.1:50051 --mode vitrine \
+    python -m vitrine.loadtest.generator --target 127.0.0.1:50051 --mode vitrine \
         --users users.txt --products 100000 --steps 250,500,1000 --step-seconds 10
 
 Prints one JSON object (all steps) on stdout.
@@ -28,7 +28,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from benchmarks.loadtest.echo import ECHO_METHOD
+from vitrine.loadtest.echo import ECHO_METHOD
 from vitrine.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, profile_pb2, recommend_pb2
 
 # Only local targets: this is a benchmark, not a load test of somebody else's service.

@@ -10,7 +10,6 @@ import json
 import os
 import platform
 import random
-import socket
 import subprocess
 import sys
 import time
@@ -20,12 +19,13 @@ from typing import Any
 
 import grpc
 
-from benchmarks.loadtest import report
-from benchmarks.loadtest.cpu import CpuSampler, annotate
+from vitrine.loadtest import report
+from vitrine.loadtest.cpu import CpuSampler, annotate
+from vitrine.ports import free_port
 from vitrine.v1 import profile_pb2, profile_pb2_grpc
 
-ROOT = Path(__file__).resolve().parents[2]
-OUT_DIR = Path(__file__).resolve().parent
+# Results go next to the benchmark write-ups when run from a checkout (`make loadtest`).
+OUT_DIR = Path("benchmarks/loadtest")
 DEFAULT_STEPS = (250.0, 500.0, 1000.0, 1500.0, 2000.0, 3000.0)
 DEFAULT_ECHO_STEPS = (1000.0, 2000.0, 3000.0, 4000.0, 6000.0)
 USER_SAMPLE = 50_000          # shopper ids the generator draws from
@@ -47,22 +47,16 @@ class Options:
     pids: dict[str, int] = dataclasses.field(default_factory=dict)  # service processes to account CPU for
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-            "PYTHONUNBUFFERED": "1"}
+def child_env() -> dict[str, str]:
+    """The environment of the generator and echo processes (they import the installed package)."""
+    return {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
 @contextlib.contextmanager
 def echo_server(sampler: CpuSampler | None = None) -> Iterator[str]:
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "benchmarks.loadtest.echo", "--port", str(port)],
-                               cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL)
+    process = subprocess.Popen([sys.executable, "-m", "vitrine.loadtest.echo", "--port", str(port)],
+                               env=child_env(), stdout=subprocess.DEVNULL)
     address = f"127.0.0.1:{port}"
     if sampler is not None:
         sampler.add("echo", process.pid)
@@ -104,10 +98,10 @@ def sample_users(profile_addresses: Sequence[str], shoppers: int, seed: int = 11
 
 def run_generator(target: str, mode: str, steps: Sequence[float], step_seconds: float,
                   extra: Sequence[str] = (), sampler: CpuSampler | None = None) -> dict[str, Any]:
-    argv = [sys.executable, "-m", "benchmarks.loadtest.generator", "--target", target, "--mode", mode,
+    argv = [sys.executable, "-m", "vitrine.loadtest.generator", "--target", target, "--mode", mode,
             "--steps", ",".join(f"{s:g}" for s in steps), "--step-seconds", str(step_seconds), *extra]
     budget = (len(steps) + 1) * (step_seconds + 10) + 60  # bounded in time whatever happens
-    process = subprocess.Popen(argv, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    process = subprocess.Popen(argv, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
     if sampler is not None:
         sampler.add("generator", process.pid)

@@ -1,7 +1,7 @@
 """A bare grpc.aio echo server: no interceptors, no health, no protobuf. The generator
 against it measures the most this machine (and this generator) can do per request.
 
-    python -m benchmarks.loadtest.echo --port 50099
+    python -m vitrine.loadtest.echo --port 50099
 """
 
 from __future__ import annotations
