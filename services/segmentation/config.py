@@ -61,6 +61,20 @@ LMDB_MAP_SIZE = 1 << 30               # bytes reserved (sparse) for segment and 
 ESTIMATE_CHUNK_ROWS = 16_384          # EstimateSize holds and evaluates this many profiles per NumPy pass
 ESTIMATE_YIELD_EVERY = 1024           # give the event loop a turn every this many scanned profiles
 
+# --- experiments -----------------------------------------------------------------
+MAX_EXPERIMENTS = 100                 # stored experiments (each one is hashed on every Evaluate)
+MIN_VARIANTS = 2
+MAX_VARIANTS = 20
+MAX_VARIANT_WEIGHT = 1_000_000        # weights are relative integers > 0
+MAX_VARIANT_K = 100                   # the gateway's MAX_K: items per placement
+MAX_EXPERIMENT_SEGMENTS = 50          # segment_ids of one experiment (any of)
+MAX_HASH_SEED_CHARS = 64
+SRM_P_THRESHOLD = 0.001               # srm_detected below this p-value (GrowthBook's default)
+RESULTS_CONFIDENCE = 0.95             # every interval of GetExperimentResults
+RESULTS_MAP_SIZE = 4 << 30            # bytes reserved (sparse) for the results' LMDB (one record per exposed shopper)
+FOLLOW_BATCH_ITEMS = 512              # feed items applied (and the cursor stored) per LMDB write transaction
+EXPORT_DEFAULT_CHUNK = 1024           # ExportAudience: profiles evaluated per NumPy pass
+
 
 @dataclasses.dataclass(frozen=True)
 class SegmentationConfig(ServerConfig):

@@ -13,7 +13,7 @@ import logging
 import math
 import time
 from bisect import bisect_left, bisect_right
-from collections.abc import AsyncIterable, Callable, Sequence
+from collections.abc import AsyncIterable, Awaitable, Callable, Collection, Sequence
 
 import numpy as np
 
@@ -21,6 +21,7 @@ from scoring.rules import VT, CompiledRule, Program, RuleError, compile_program,
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from services.segmentation import builtins
 from services.segmentation import config as cfg
+from services.segmentation.experiments import ExperimentSet, active, assignment_unit, validate_experiment
 from services.segmentation.fields import SCHEMA, ColumnExtractor, WireReader, reading_order
 from services.segmentation.store import DefinitionStore
 from vitrine.v1 import common_pb2, segment_pb2
@@ -105,7 +106,8 @@ def _check_priority(priority: int) -> None:
 
 
 class SegmentEngine:
-    """Segments and offers: CRUD with validation and persistence, Evaluate, EstimateSize."""
+    """Segments, offers and experiments: CRUD with validation and persistence, Evaluate (with
+    experiment assignment), EstimateSize."""
 
     def __init__(self, store: DefinitionStore | None = None, *,
                  cart_abandon_minutes: int = cfg.CART_ABANDON_MINUTES,
@@ -117,6 +119,9 @@ class SegmentEngine:
         self.builtin_rules = builtins.rule_segments(cart_abandon_minutes, at_risk_quiet_days)
         self._builtin_compiled = {b.segment_id: compile_rule(b.rule, SCHEMA) for b in self.builtin_rules}
         self._state = self._build({}, {})
+        self._experiments = ExperimentSet()
+        # Called with the experiment id after DeleteExperiment (the results forget it).
+        self.experiment_deleted: list[Callable[[str], Awaitable[None]]] = []
 
     # -- state ------------------------------------------------------------
     async def open(self) -> None:
@@ -124,6 +129,7 @@ class SegmentEngine:
         if self._store is None:
             return
         segments, offers = await asyncio.to_thread(self._store.load)
+        self._experiments = ExperimentSet(await asyncio.to_thread(self._store.load_experiments))
         self._state = self._build({s.segment_id: s for s in segments}, {o.offer_id: o for o in offers})
         broken = len(segments) - len(self._state.compiled)
         log.info("loaded %d segments (%d failing to compile) and %d offers", len(segments), broken, len(offers))
@@ -269,6 +275,10 @@ class SegmentEngine:
             if users:
                 raise FailedPrecondition(f"segment {segment_id!r} is targeted by offers {', '.join(users[:10])}; "
                                          "delete or retarget them first")
+            tests = sorted(e.experiment_id for e in self._experiments.by_id.values() if segment_id in e.segment_ids)
+            if tests:
+                raise FailedPrecondition(f"segment {segment_id!r} is the entry filter of experiments "
+                                         f"{', '.join(tests[:10])}; delete or change them first")
             if self._store is not None:
                 await asyncio.to_thread(self._store.delete_segment, segment_id)
             segments = {k: v for k, v in state.segments.items() if k != segment_id}
@@ -293,12 +303,8 @@ class SegmentEngine:
         if len(offer.segment_ids) > cfg.MAX_OFFER_SEGMENTS:
             raise InvalidArgument(f"an offer targets at most {cfg.MAX_OFFER_SEGMENTS} segments")
         for segment_id in offer.segment_ids:
-            if segment_id in builtins.RULE_BUILTIN_IDS or segment_id in state.segments:
-                continue
-            split = builtins.split_family(segment_id)
-            if split is not None and builtins.valid_context_value(split[1]):
-                continue
-            raise InvalidArgument(f"segment_ids: no segment {segment_id!r}; create it first or use a built-in")
+            if not _segment_known(segment_id, state):
+                raise InvalidArgument(f"segment_ids: no segment {segment_id!r}; create it first or use a built-in")
         if len(offer.payload) > cfg.MAX_PAYLOAD_ENTRIES:
             raise InvalidArgument(f"payload has {len(offer.payload)} entries; the limit is "
                                   f"{cfg.MAX_PAYLOAD_ENTRIES}")
@@ -362,6 +368,60 @@ class SegmentEngine:
             ids.insert(at, segment_id)
         return ids, found[split:]
 
+    def assign(self, profile: common_pb2.Profile | None, segment_ids: Collection[str],
+               now: int = 0) -> list[segment_pb2.Assignment]:
+        """The running experiments this shopper is in, with their variants (`segment_ids` as
+        evaluate() answered them, for the experiments' entry filters)."""
+        experiments = self._experiments
+        if not len(experiments) or profile is None:
+            return []
+        return experiments.assign(assignment_unit(profile), segment_ids, now or self._clock())
+
+    # -- experiments ------------------------------------------------------
+    @property
+    def experiments(self) -> ExperimentSet:
+        return self._experiments
+
+    async def put_experiment(self, experiment: segment_pb2.Experiment) -> segment_pb2.Experiment:
+        async with self._lock:
+            current = self._experiments
+            state = self._state
+            validate_experiment(experiment, current.by_id.values(), lambda i: _segment_known(i, state))
+            if experiment.experiment_id not in current.by_id and len(current) >= cfg.MAX_EXPERIMENTS:
+                raise ResourceExhausted(f"{cfg.MAX_EXPERIMENTS} experiments already exist; delete one first")
+            stored = segment_pb2.Experiment()
+            stored.CopyFrom(experiment)
+            stored.name = stored.name or stored.experiment_id
+            stored.updated_ms = self._clock()
+            if self._store is not None:
+                await asyncio.to_thread(self._store.put_experiment, stored)
+            self._experiments = ExperimentSet([*(e for i, e in current.by_id.items() if i != stored.experiment_id),
+                                               stored])
+        return stored
+
+    def get_experiment(self, experiment_id: str) -> segment_pb2.Experiment:
+        experiment = self._experiments.by_id.get(experiment_id)
+        if experiment is None:
+            raise NotFound(f"no experiment {experiment_id!r}; ListExperiments shows the ones that exist")
+        return experiment
+
+    def list_experiments(self, active_only: bool = False) -> list[segment_pb2.Experiment]:
+        now = self._clock()
+        return [e for e in self._experiments.by_id.values()
+                if not active_only or active(e.starts_ms, e.ends_ms, now)]
+
+    async def delete_experiment(self, experiment_id: str) -> bool:
+        async with self._lock:
+            current = self._experiments
+            if experiment_id not in current.by_id:
+                return False
+            if self._store is not None:
+                await asyncio.to_thread(self._store.delete_experiment, experiment_id)
+            self._experiments = ExperimentSet(e for i, e in current.by_id.items() if i != experiment_id)
+        for listener in self.experiment_deleted:
+            await listener(experiment_id)
+        return True
+
     def rule_for_estimate(self, segment_id: str = "", rule: str = "") -> CompiledRule:
         if rule:
             return self.compile(rule)
@@ -390,6 +450,14 @@ class SegmentEngine:
         now = now or self._clock()
         counts = await asyncio.gather(*(count_matching(compiled, s, now) for s in sources))
         return sum(m for m, _ in counts), sum(t for _, t in counts)
+
+
+def _segment_known(segment_id: str, state: _State) -> bool:
+    """A built-in, a context family with a value (geo:FR) or a stored segment."""
+    if segment_id in builtins.RULE_BUILTIN_IDS or segment_id in state.segments:
+        return True
+    split = builtins.split_family(segment_id)
+    return split is not None and builtins.valid_context_value(split[1])
 
 
 async def count_matching(compiled: CompiledRule, source: AsyncIterable[common_pb2.Profile | bytes], now: int,

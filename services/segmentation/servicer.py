@@ -35,12 +35,11 @@ class SegmentServicer(segment_pb2_grpc.SegmentServiceServicer):
 
     async def Evaluate(self, request: segment_pb2.EvaluateRequest, context: grpc.aio.ServicerContext
                        ) -> segment_pb2.EvaluateResponse:
-        ids, offers = self.engine.evaluate(
-            request.profile if request.HasField("profile") else None,
-            request.context if request.HasField("context") else None,
-            request.now_ms,
-        )
-        return segment_pb2.EvaluateResponse(segment_ids=ids, offers=offers)
+        profile = request.profile if request.HasField("profile") else None
+        ids, offers = self.engine.evaluate(profile, request.context if request.HasField("context") else None,
+                                           request.now_ms)
+        assignments = self.engine.assign(profile, ids, request.now_ms)
+        return segment_pb2.EvaluateResponse(segment_ids=ids, offers=offers, assignments=assignments)
 
     async def EstimateSize(self, request: segment_pb2.EstimateSizeRequest, context: grpc.aio.ServicerContext
                            ) -> segment_pb2.EstimateSizeResponse:
@@ -75,3 +74,19 @@ class SegmentServicer(segment_pb2_grpc.SegmentServiceServicer):
             return segment_pb2.ValidateRuleResponse(valid=False, error=exc.reason, line=exc.line,
                                                     column=exc.column)
         return segment_pb2.ValidateRuleResponse(valid=True, fields=compiled.fields)
+
+    async def PutExperiment(self, request: segment_pb2.PutExperimentRequest, context: grpc.aio.ServicerContext
+                            ) -> segment_pb2.Experiment:
+        return await self.engine.put_experiment(request.experiment)
+
+    async def GetExperiment(self, request: segment_pb2.GetExperimentRequest, context: grpc.aio.ServicerContext
+                            ) -> segment_pb2.Experiment:
+        return self.engine.get_experiment(request.experiment_id)
+
+    async def ListExperiments(self, request: segment_pb2.ListExperimentsRequest,
+                              context: grpc.aio.ServicerContext) -> segment_pb2.ListExperimentsResponse:
+        return segment_pb2.ListExperimentsResponse(experiments=self.engine.list_experiments(request.active_only))
+
+    async def DeleteExperiment(self, request: segment_pb2.DeleteExperimentRequest,
+                               context: grpc.aio.ServicerContext) -> segment_pb2.DeleteExperimentResponse:
+        return segment_pb2.DeleteExperimentResponse(deleted=await self.engine.delete_experiment(request.experiment_id))

@@ -1,4 +1,4 @@
-"""Segment and offer definitions on LMDB: one named database each, id -> serialized protobuf.
+"""Segment, offer and experiment definitions on LMDB: one named database each, id -> serialized protobuf.
 
 Blocking (LMDB commits fsync); the engine calls it through asyncio.to_thread.
 """
@@ -16,9 +16,10 @@ from vitrine.v1 import segment_pb2
 class DefinitionStore:
     def __init__(self, path: Path, map_size: int = LMDB_MAP_SIZE) -> None:
         path.mkdir(parents=True, exist_ok=True)
-        self._env = lmdb.open(str(path), map_size=map_size, max_dbs=2, subdir=True)
+        self._env = lmdb.open(str(path), map_size=map_size, max_dbs=3, subdir=True)
         self._segments = self._env.open_db(b"segments")
         self._offers = self._env.open_db(b"offers")
+        self._experiments = self._env.open_db(b"experiments")
 
     def close(self) -> None:
         self._env.close()
@@ -44,3 +45,15 @@ class DefinitionStore:
     def delete_offer(self, offer_id: str) -> bool:
         with self._env.begin(write=True) as txn:
             return bool(txn.delete(offer_id.encode(), db=self._offers))
+
+    def load_experiments(self) -> list[segment_pb2.Experiment]:
+        with self._env.begin() as txn:
+            return [segment_pb2.Experiment.FromString(v) for _, v in txn.cursor(self._experiments)]
+
+    def put_experiment(self, experiment: segment_pb2.Experiment) -> None:
+        with self._env.begin(write=True) as txn:
+            txn.put(experiment.experiment_id.encode(), experiment.SerializeToString(), db=self._experiments)
+
+    def delete_experiment(self, experiment_id: str) -> bool:
+        with self._env.begin(write=True) as txn:
+            return bool(txn.delete(experiment_id.encode(), db=self._experiments))
