@@ -53,6 +53,10 @@ LOCAL_APPLY_MAX_EVENTS = 2          # group commits of at most this many events 
 WRITER_START_TIMEOUT_SECONDS = 60.0 # the writer process must open the store within this
 WRITER_STOP_TIMEOUT_SECONDS = 30.0  # ... and finish its transaction on shutdown, or it is killed
 
+# The feed (FollowEvents).
+FEED_DEFAULT_BATCH = 512            # log items read per LMDB read transaction when max_batch is 0
+FEED_MAX_BATCH = 5_000              # largest max_batch honoured
+
 
 @dataclasses.dataclass(frozen=True)
 class ProfileConfig(ServerConfig):

@@ -19,15 +19,27 @@ import concurrent.futures
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterable, Callable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from typing import Any, TypeVar
 
 import lmdb
 
-from services.common.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable, VitrineError
+from services.common.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+    VitrineError,
+)
 from services.profile import config as C
 from services.profile import fold
-from services.profile.metrics import WRITE_BATCH_EVENTS, WRITE_BATCH_SECONDS
+from services.profile.metrics import (
+    FEED_FOLLOWERS_AT_HEAD,
+    FEED_ITEMS,
+    WRITE_BATCH_EVENTS,
+    WRITE_BATCH_SECONDS,
+)
 from services.profile.store import DeleteResult, LmdbProfileStore, StoredEvent, TrackResult
 from services.profile.validation import check_id, validate_event, validate_traits
 from services.profile.writer import WriterProcess
@@ -57,6 +69,10 @@ class _Job:
     future: asyncio.Future[Any]
 
 
+class OutOfRange(VitrineError):
+    code_name = "OUT_OF_RANGE"
+
+
 class ProfileEngine:
     """Domain operations of the profile service over an LmdbProfileStore."""
 
@@ -84,6 +100,10 @@ class ProfileEngine:
         self._purger: asyncio.Task[None] | None = None
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="profile-writer")
         self.writer = writer      # None: write in this process, on the writer thread
+        # Set (and replaced) after every write: wakes the FollowEvents streams waiting at the head.
+        self._log_written: asyncio.Event | None = None
+        self.followers_at_head = 0
+        self._head_changed: asyncio.Event | None = None
         self.batches = 0          # write transactions of events (for tests and benchmarks)
         self.batched_events = 0
 
@@ -100,6 +120,7 @@ class ProfileEngine:
             # Started from the writer thread, which outlives every write (see WriterProcess).
             await asyncio.get_running_loop().run_in_executor(self._executor, self.writer.start)
         self._queue = asyncio.Queue()
+        self._log_written = asyncio.Event()
         self._writer = asyncio.create_task(self._write_loop(), name="profile-writer")
         if self.purge_interval_seconds > 0:
             self._purger = asyncio.create_task(self._purge_loop(), name="profile-purge")
@@ -135,6 +156,7 @@ class ProfileEngine:
             held = None
             if job.call is not None:
                 await self._run_call(loop, job)
+                self._wake_followers()
                 continue
             jobs = [job]
             count = len(job.events or ())
@@ -146,6 +168,14 @@ class ProfileEngine:
                 jobs.append(nxt)
                 count += len(nxt.events or ())
             await self._apply_jobs(loop, jobs)
+            self._wake_followers()
+
+    def _wake_followers(self) -> None:
+        """After a write (committed or not): followers at the head read the log again."""
+        written = self._log_written
+        if written is not None:
+            self._log_written = asyncio.Event()
+            written.set()
 
     async def _apply_jobs(self, loop: asyncio.AbstractEventLoop, jobs: list[_Job]) -> None:
         """One transaction for all `jobs`; if it fails, each job alone, so that one caller's
@@ -213,6 +243,67 @@ class ProfileEngine:
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Job(None, call, future))
         return await asyncio.shield(future)
+
+    # ------------------------------------------------------------------------------ the feed
+    def _feed_start(self, from_seq: int) -> int:
+        if from_seq < 0:
+            raise InvalidArgument(f"from_seq {from_seq} must be >= 0 (0 = the oldest kept)")
+        start, head = self.store.log_bounds()
+        if from_seq == 0:
+            return start
+        if from_seq > head + 1:
+            raise OutOfRange(f"from_seq {from_seq} is beyond the head of the log: the last seq is {head}, "
+                             f"so resume from at most {head + 1}")
+        if from_seq < start:
+            raise FailedPrecondition(f"from_seq {from_seq} is no longer kept (retention); the earliest "
+                                     f"available seq is {start}: rebuild from it or from 0")
+        return from_seq
+
+    def follow_events(self, from_seq: int, max_batch: int = 0) -> AsyncIterator[profile_pb2.LoggedEvent]:
+        """The log from `from_seq` in seq order, then live. A bad `from_seq` raises here, before
+        the stream starts."""
+        if max_batch < 0:
+            raise InvalidArgument(f"max_batch {max_batch} must be >= 0 (0 = server default)")
+        if self._log_written is None:
+            raise RuntimeError("ProfileEngine.start() was not called")
+        return self._follow(self._feed_start(from_seq), min(max_batch or C.FEED_DEFAULT_BATCH, C.FEED_MAX_BATCH))
+
+    async def _follow(self, cursor: int, size: int) -> AsyncIterator[profile_pb2.LoggedEvent]:
+        # After reaching the head, wait for the writer's next commit (no polling). Items are read
+        # only from committed transactions, so each acknowledged change appears exactly once and
+        # nothing unacknowledged does.
+        parse = profile_pb2.LoggedEvent.FromString
+        while True:
+            written = self._log_written  # taken before reading: a commit after the read wakes us
+            assert written is not None
+            rows = self.store.read_log(cursor, size)
+            for seq, raw in rows:
+                item = parse(raw)
+                item.seq = seq
+                yield item
+            if rows:
+                cursor = rows[-1][0] + 1
+                FEED_ITEMS.inc(len(rows))
+            if len(rows) < size:
+                self._at_head(+1)
+                try:
+                    await written.wait()
+                finally:
+                    self._at_head(-1)
+
+    def _at_head(self, delta: int) -> None:
+        self.followers_at_head += delta
+        FEED_FOLLOWERS_AT_HEAD.inc(delta)
+        if self._head_changed is not None:
+            self._head_changed.set()
+            self._head_changed = asyncio.Event()
+
+    async def wait_followers_at_head(self, n: int) -> None:
+        """Until at least `n` FollowEvents streams wait at the head of the log (for tests)."""
+        while self.followers_at_head < n:
+            if self._head_changed is None:
+                self._head_changed = asyncio.Event()
+            await self._head_changed.wait()
 
     # -------------------------------------------------------------------------------- events
     def validate(self, event: common_pb2.Event) -> common_pb2.Event:
@@ -351,7 +442,7 @@ class ProfileEngine:
 
     async def delete(self, user_id: str) -> DeleteResult:
         check_id(user_id, "user_id")
-        return await self._write(lambda: self.writes.delete(user_id))
+        return await self._write(lambda: self.writes.delete(user_id, self.clock()))
 
     async def import_profile(self, profile: common_pb2.Profile,
                              events: Sequence[common_pb2.Event]) -> common_pb2.Profile:
@@ -401,9 +492,14 @@ class ProfileEngine:
                 lambda b=begin: self.writes.expire_idempotency(cutoff_s, b, C.PURGE_CHUNK_KEYS)
             )
             keys += n
-        if events or keys:
-            log.info("retention purge removed %d events and %d idempotency keys", events, keys,
-                     extra={"fields": {"events": events, "idempotency_keys": keys}})
+        trimmed = 0
+        done = False
+        while not done:
+            n, done = await self._write(lambda: self.writes.trim_log(cutoff_ms, C.PURGE_CHUNK_KEYS))
+            trimmed += n
+        if events or keys or trimmed:
+            log.info("retention purge removed %d events, %d idempotency keys and %d feed items", events, keys,
+                     trimmed, extra={"fields": {"events": events, "idempotency_keys": keys, "feed_items": trimmed}})
         return events, keys
 
     async def _purge_loop(self) -> None:

@@ -18,13 +18,20 @@ class ProfileServicer(profile_pb2_grpc.ProfileServiceServicer):
     async def Track(self, request: profile_pb2.TrackRequest, context: grpc.aio.ServicerContext
                     ) -> profile_pb2.TrackResponse:
         result = await self.engine.track(request.event)
-        return profile_pb2.TrackResponse(applied=result.applied, user_id=result.user_id)
+        return profile_pb2.TrackResponse(applied=result.applied, user_id=result.user_id, seq=result.seq)
 
     async def TrackStream(self, request_iterator: AsyncIterator[common_pb2.Event],
                           context: grpc.aio.ServicerContext) -> profile_pb2.TrackSummary:
         summary = await self.engine.track_stream(request_iterator)
         return profile_pb2.TrackSummary(accepted=summary.accepted, duplicates=summary.duplicates,
                                         rejected=summary.rejected, errors=summary.errors)
+
+    async def FollowEvents(self, request: profile_pb2.FollowEventsRequest, context: grpc.aio.ServicerContext
+                           ) -> AsyncIterator[profile_pb2.LoggedEvent]:
+        items = self.engine.follow_events(request.from_seq, request.max_batch)
+        await context.send_initial_metadata(())  # the stream is open: a follower may reset its backoff
+        async for item in items:
+            yield item
 
     async def GetProfile(self, request: profile_pb2.GetProfileRequest, context: grpc.aio.ServicerContext
                          ) -> common_pb2.Profile:

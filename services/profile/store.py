@@ -9,7 +9,19 @@ One LMDB environment under `<data_dir>/profile/` with named databases:
 | `aliases`   | alias_id                              | target user_id                          |
 | `alias_rev` | target_id 0x00 alias_id               | empty                                   |
 | `idem`      | user_id 0x00 event_id                 | created, Unix seconds (4, BE)           |
-| `meta`      | `seq`, `rfm:<r|f|m>:<bucket>`         | counters (8, LE)                        |
+| `meta`      | `seq`, `log_start`, `rfm:<r|f|m>:<bucket>` | counters (8, LE)                   |
+| `log`       | seq (8, BE)                           | LoggedEvent (protobuf, no seq)          |
+| `log_ids`   | user_id 0x00 seq(8, BE)               | empty: the user's Identity log items    |
+
+`log` is the feed (FollowEvents): every applied event, Identity and Erasure in seq order,
+written in the same transaction as the change it records, so an item is visible exactly
+when its change is durable. Seqs are never reused; the log has gaps where items were
+redacted. Redaction: an erasure deletes the erased shopper's log items (events found through
+the seqs in their `events` keys, Identity items through `log_ids`) in the same transaction
+that appends the Erasure item, so the feed never replays erased personal data; the retention
+purge deletes the log item of each event it purges and trims the head of the log (see
+`trim_log`), moving `log_start`. Imported events (ImportProfile, a shard move) take seqs but
+are not logged: the shard they came from logged them already.
 
 A prefix scan `user_id 0x00` on `events` gives a shopper's log in time order; user ids
 never contain control characters, so the prefix is exact. Every key that names a user
@@ -44,9 +56,10 @@ from vitrine.v1 import common_pb2, profile_pb2
 _TS_SEQ = struct.Struct(">QQ")
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct("<Q")
+_SEQ = struct.Struct(">Q")
 _I64 = struct.Struct("<q")  # RFM bucket counts (RfmSketch.encode)
 SEP = b"\x00"
-DB_NAMES = (b"profiles", b"events", b"aliases", b"alias_rev", b"idem", b"meta")
+DB_NAMES = (b"profiles", b"events", b"aliases", b"alias_rev", b"idem", b"meta", b"log", b"log_ids")
 IMPORT_MARKER = b"import:"
 
 
@@ -60,6 +73,7 @@ class StoredEvent:
 class TrackResult(NamedTuple):
     applied: bool  # False: duplicate event_id
     user_id: str   # the profile it was applied to (after aliases)
+    seq: int = 0   # its log position (0 for a duplicate)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +91,7 @@ class ProfileStore(Protocol):
     def identify(self, anonymous_id: str, customer_id: str, traits: dict[str, str],
                  now_ms: int) -> profile_pb2.StoredProfile: ...
     def set_consent(self, user_id: str, consent: common_pb2.Consent, now_ms: int) -> profile_pb2.StoredProfile: ...
-    def delete(self, user_id: str) -> DeleteResult: ...
+    def delete(self, user_id: str, now_ms: int = 0) -> DeleteResult: ...
     def export(self, user_id: str, now_ms: int) -> dict[str, Any]: ...
     def scan_profiles(self, start_after: str, limit: int) -> list[profile_pb2.StoredProfile]: ...
     def scan_events(self, after_key: bytes, since_ms: int, until_ms: int, types: frozenset[int],
@@ -87,7 +101,38 @@ class ProfileStore(Protocol):
     def put_alias(self, alias_id: str, target_id: str) -> bool: ...
     def purge_events(self, cutoff_ms: int, start_key: bytes, max_keys: int) -> tuple[int, bytes | None]: ...
     def expire_idempotency(self, cutoff_s: int, start_key: bytes, max_keys: int) -> tuple[int, bytes | None]: ...
+    def trim_log(self, cutoff_ms: int, max_keys: int) -> tuple[int, bool]: ...
+    def log_bounds(self) -> tuple[int, int]: ...
+    def read_log(self, from_seq: int, limit: int) -> list[tuple[int, bytes]]: ...
     def close(self) -> None: ...
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _field(tag: bytes, payload: bytes) -> bytes:
+    """One length-delimited protobuf field (tag byte already encoded)."""
+    return tag + _varint(len(payload)) + payload
+
+
+# Wire tags (field number << 3 | 2) of LoggedEvent.event, .canonical_user_id and Event.user_id.
+_TAG_LOGGED_EVENT, _TAG_CANONICAL, _TAG_EVENT_USER = b"\x12", b"\x22", b"\x12"
+_PERSONALIZATION_OFF = b"\x30\x01"  # LoggedEvent.personalization_off = true
+
+
+def logged_event_bytes(payload: bytes, user_id: str, canonical: bytes, flags: int) -> bytes:
+    """A serialized LoggedEvent (without seq) built from the event's stored payload (flags byte
+    stripped, no user_id): the event is serialized once per write, for the log and the feed.
+    Protobuf parsers accept fields in any order, so appending user_id is valid."""
+    event = payload + _field(_TAG_EVENT_USER, user_id.encode()) if user_id else payload
+    out = _field(_TAG_LOGGED_EVENT, event) + _field(_TAG_CANONICAL, canonical)
+    return out + _PERSONALIZATION_OFF if flags & fold.FLAG_NO_PERSONALIZATION else out
 
 
 def _event_key(user: bytes, ts: int, seq: int) -> bytes:
@@ -135,6 +180,8 @@ class LmdbProfileStore:
         self.alias_rev = self.dbs["alias_rev"]
         self.idem = self.dbs["idem"]
         self.meta = self.dbs["meta"]
+        self.log = self.dbs["log"]
+        self.log_ids = self.dbs["log_ids"]
         self.rfm = RfmSketch()
         # Called with the RFM deltas of each durable commit (the writer process forwards them).
         self.on_commit: Callable[[dict[bytes, int]], None] | None = None
@@ -209,6 +256,9 @@ class LmdbProfileStore:
             if self.on_commit is not None:
                 self.on_commit(deltas)
 
+    def _append_log(self, txn: lmdb.Transaction, seq: int, item: profile_pb2.LoggedEvent) -> None:
+        txn.put(_SEQ.pack(seq), item.SerializeToString(), db=self.log, append=True)
+
     def _put_event(self, txn: lmdb.Transaction, user: bytes, event: common_pb2.Event, flags: int, seq: int) -> None:
         original = event.user_id
         event.user_id = ""
@@ -270,6 +320,28 @@ class LmdbProfileStore:
                 if len(out) >= limit or visited >= limit * 8:
                     return out, last
         return out, None
+
+    # ------------------------------------------------------------------------------ the feed
+    def log_bounds(self) -> tuple[int, int]:
+        """(log_start, head): the first seq the feed can still serve (older ones were trimmed
+        by retention) and the last seq given out (0 for an empty log)."""
+        with self.env.begin(db=self.meta) as txn:
+            raw = txn.get(b"log_start")
+            return (_U64.unpack(raw)[0] if raw else 1), self._seq_of(txn)
+
+    def read_log(self, from_seq: int, limit: int) -> list[tuple[int, bytes]]:
+        """Up to `limit` (seq, serialized LoggedEvent without seq) from `from_seq` on, in order."""
+        out: list[tuple[int, bytes]] = []
+        with self.env.begin(db=self.log) as txn:
+            cursor = txn.cursor()
+            if not cursor.set_range(_SEQ.pack(from_seq)):
+                return out
+            unpack = _SEQ.unpack
+            for key, value in cursor:
+                out.append((unpack(key)[0], value))
+                if len(out) >= limit:
+                    break
+        return out
 
     def alias_target(self, user_id: str) -> str:
         """The id `user_id` is an alias of on this store ("" if none); reads no profile."""
@@ -363,8 +435,8 @@ class LmdbProfileStore:
         created = _U32.pack(now_ms // 1000)
         settings = self.settings
         apply_event = fold.apply_event
-        idem_db, events_db = self.idem, self.events
-        pack = _TS_SEQ.pack
+        idem_db, events_db, log_db = self.idem, self.events, self.log
+        pack, pack_seq = _TS_SEQ.pack, _SEQ.pack
         txn = self._write()
         put = txn.put
         try:
@@ -391,10 +463,11 @@ class LmdbProfileStore:
                 apply_event(state, event, flags, settings)
                 seq += 1
                 original, event.user_id = event.user_id, ""  # the key names the user
-                payload = bytes((flags,)) + event.SerializeToString()
+                body = event.SerializeToString()
                 event.user_id = original
-                put(user + SEP + pack(event.timestamp_ms, seq), payload, db=events_db)
-                results.append(TrackResult(True, user.decode()))
+                put(user + SEP + pack(event.timestamp_ms, seq), bytes((flags,)) + body, db=events_db)
+                put(pack_seq(seq), logged_event_bytes(body, original, user, flags), db=log_db, append=True)
+                results.append(TrackResult(True, user.decode(), seq))
             changes = []
             for user, (state, old) in cache.items():
                 txn.put(user, state.SerializeToString(), db=self.profiles)
@@ -412,6 +485,7 @@ class LmdbProfileStore:
         anon = anonymous_id.encode()
         txn = self._write()
         try:
+            seq = self._seq_of(txn)
             target = self._resolve(txn, customer_id.encode())
             anon_alias = txn.get(anon, db=self.aliases)
             if anon_alias is not None and anon_alias != target:
@@ -424,6 +498,7 @@ class LmdbProfileStore:
             if customer is None:
                 customer = fold.new_state(target.decode())
             changes: list[Any] = []
+            linked = False
             if anon != target:
                 anonymous = self._load(txn, anon) if anon_alias is None else None
                 if anonymous is not None:
@@ -431,8 +506,16 @@ class LmdbProfileStore:
                     txn.delete(anon, db=self.profiles)
                     changes.append((fold.rfm_key(anonymous.profile), None))
                     self._move_user_keys(txn, anon, target)
-                self._point_alias(txn, anon, target, customer)
+                linked = self._point_alias(txn, anon, target, customer)
             p = customer.profile
+            first_registration = not p.registered
+            if linked or first_registration:  # a repeated Identify is no news for the feed
+                seq += 1
+                item = profile_pb2.LoggedEvent(canonical_user_id=target.decode(), identity=profile_pb2.Identity(
+                    anonymous_id=anonymous_id, customer_id=target.decode(), identified_ms=now_ms,
+                    first_registration=first_registration))
+                self._append_log(txn, seq, item)
+                txn.put(target + SEP + _SEQ.pack(seq), b"", db=self.log_ids)
             p.registered = True
             if not p.customer_id:
                 p.customer_id = target.decode()
@@ -449,7 +532,7 @@ class LmdbProfileStore:
         except BaseException:
             txn.abort()
             raise
-        self._commit(txn, deltas)
+        self._commit(txn, deltas, seq)
         return customer
 
     def _move_user_keys(self, txn: lmdb.Transaction, source: bytes, target: bytes) -> None:
@@ -459,6 +542,8 @@ class LmdbProfileStore:
             txn.put(dst + key[len(src):], value, db=self.events)
         for key, value in _take_prefix(txn, self.idem, src):
             txn.put(dst + key[len(src):], value, db=self.idem, overwrite=False)
+        for key, value in _take_prefix(txn, self.log_ids, src):
+            txn.put(dst + key[len(src):], value, db=self.log_ids)
         for key, _ in _take_prefix(txn, self.alias_rev, src):
             alias = key[len(src):]
             if alias != target:
@@ -508,30 +593,44 @@ class LmdbProfileStore:
         self._commit(txn)
         return state
 
-    def delete(self, user_id: str) -> DeleteResult:
+    def delete(self, user_id: str, now_ms: int = 0) -> DeleteResult:
         """Erase a profile with its event log, idempotency keys and the aliases pointing to it.
-        A profile stored under `user_id` itself is erased; otherwise the one it is an alias of."""
+        A profile stored under `user_id` itself is erased; otherwise the one it is an alias of.
+        Its items in the feed log are redacted (deleted) and an Erasure item is appended."""
         txn = self._write()
         try:
+            seq = self._seq_of(txn)
             own = user_id.encode()
             user = own if txn.get(own, db=self.profiles) is not None else self._resolve(txn, own)
             state = self._load(txn, user)
             if state is not None:
                 txn.delete(user, db=self.profiles)
-            events = len(_take_prefix(txn, self.events, user + SEP))
-            _take_prefix(txn, self.idem, user + SEP)
-            aliases = 0
-            for key, _ in _take_prefix(txn, self.alias_rev, user + SEP):
-                alias = key[len(user) + 1:]
+            prefix = user + SEP
+            removed = _take_prefix(txn, self.events, prefix)
+            for key, _ in removed:
+                txn.delete(key[-8:], db=self.log)  # the event key ends with its seq
+            for key, _ in _take_prefix(txn, self.log_ids, prefix):
+                txn.delete(key[len(prefix):], db=self.log)
+            events = len(removed)
+            _take_prefix(txn, self.idem, prefix)
+            aliases: list[str] = []
+            for key, _ in _take_prefix(txn, self.alias_rev, prefix):
+                alias = key[len(prefix):]
                 if txn.get(alias, db=self.aliases) == user:
                     txn.delete(alias, db=self.aliases)
-                    aliases += 1
+                    aliases.append(alias.decode())
+            deleted = state is not None or events > 0 or bool(aliases)
+            if deleted:
+                seq += 1
+                self._append_log(txn, seq, profile_pb2.LoggedEvent(
+                    canonical_user_id=user.decode(),
+                    erasure=profile_pb2.Erasure(user_id=user.decode(), aliases=sorted(aliases), erased_ms=now_ms)))
             deltas = self._write_rfm(txn, [(fold.rfm_key(state.profile), None)]) if state is not None else {}
         except BaseException:
             txn.abort()
             raise
-        self._commit(txn, deltas)
-        return DeleteResult(state is not None or events > 0 or aliases > 0, events, aliases)
+        self._commit(txn, deltas, seq)
+        return DeleteResult(deleted, events, len(aliases))
 
     def import_profile(self, profile: common_pb2.Profile, events: Sequence[common_pb2.Event],
                        now_ms: int) -> profile_pb2.StoredProfile:
@@ -639,6 +738,7 @@ class LmdbProfileStore:
                 ts = _TS_SEQ.unpack_from(key, sep + 1)[0]
                 if ts < cutoff_ms:
                     deleted += 1
+                    txn.delete(key[-8:], db=self.log)  # its feed item goes with it
                     positioned = cursor.delete() and bool(cursor.key())
                 else:
                     positioned = cursor.set_range(key[:sep] + b"\x01")
@@ -648,6 +748,42 @@ class LmdbProfileStore:
             raise
         self._commit(txn)
         return deleted, resume or None
+
+    def trim_log(self, cutoff_ms: int, max_keys: int) -> tuple[int, bool]:
+        """Delete feed items older than cutoff_ms from the head of the log, at most max_keys per
+        call, stopping at the first younger item; `log_start` moves past what was trimmed.
+        (Old events further on are deleted with the events themselves, by purge_events.)
+        Returns (deleted, done)."""
+        deleted = 0
+        done = False
+        txn = self._write()
+        try:
+            cursor = txn.cursor(db=self.log)
+            start = None
+            positioned = cursor.first()
+            while True:
+                if not positioned:
+                    done = True
+                    break
+                if deleted >= max_keys:
+                    break
+                item = profile_pb2.LoggedEvent.FromString(cursor.value())
+                kind = item.WhichOneof("item")
+                at = (item.event.timestamp_ms if kind == "event" else item.erasure.erased_ms if kind == "erasure"
+                      else item.identity.identified_ms)
+                if at >= cutoff_ms:
+                    done = True
+                    break
+                start = _SEQ.unpack(cursor.key())[0] + 1
+                deleted += 1
+                positioned = cursor.delete() and bool(cursor.key())
+            if start is not None:
+                txn.put(b"log_start", _U64.pack(start), db=self.meta)
+        except BaseException:
+            txn.abort()
+            raise
+        self._commit(txn)
+        return deleted, done
 
     def expire_idempotency(self, cutoff_s: int, start_key: bytes, max_keys: int) -> tuple[int, bytes | None]:
         """Forget event_ids remembered before cutoff_s (Unix seconds), max_keys keys per call."""

@@ -50,7 +50,7 @@ READY = b"ready"
 
 # Store methods the writer serves besides apply_events (all of them write transactions).
 WRITE_OPS = frozenset({"identify", "set_consent", "delete", "import_profile", "put_alias", "purge_events",
-                       "expire_idempotency"})
+                       "expire_idempotency", "trim_log"})
 
 
 
@@ -176,8 +176,8 @@ class WriterProcess:
 
     # ------------------------------------------------------------- the store's write methods
     def apply_events(self, events: Sequence[common_pb2.Event], now_ms: int) -> list[TrackResult]:
-        flags, users = self.call("apply_events", [e.SerializeToString() for e in events], now_ms)
-        return [TrackResult(bool(f), u) for f, u in zip(flags, users, strict=True)]
+        flags, users, seqs = self.call("apply_events", [e.SerializeToString() for e in events], now_ms)
+        return [TrackResult(bool(f), u, q) for f, u, q in zip(flags, users, seqs, strict=True)]
 
     def identify(self, anonymous_id: str, customer_id: str, traits: dict[str, str],
                  now_ms: int) -> profile_pb2.StoredProfile:
@@ -186,8 +186,8 @@ class WriterProcess:
     def set_consent(self, user_id: str, consent: common_pb2.Consent, now_ms: int) -> profile_pb2.StoredProfile:
         return self.call("set_consent", user_id, consent, now_ms)
 
-    def delete(self, user_id: str) -> DeleteResult:
-        return self.call("delete", user_id)
+    def delete(self, user_id: str, now_ms: int = 0) -> DeleteResult:
+        return self.call("delete", user_id, now_ms)
 
     def import_profile(self, profile: common_pb2.Profile, events: Sequence[common_pb2.Event],
                        now_ms: int) -> profile_pb2.StoredProfile:
@@ -202,6 +202,9 @@ class WriterProcess:
     def expire_idempotency(self, cutoff_s: int, start_key: bytes, max_keys: int) -> tuple[int, bytes | None]:
         return self.call("expire_idempotency", cutoff_s, start_key, max_keys)
 
+    def trim_log(self, cutoff_ms: int, max_keys: int) -> tuple[int, bool]:
+        return self.call("trim_log", cutoff_ms, max_keys)
+
 
 def _child_env() -> dict[str, str]:
     """Our environment, with the directory `services` was imported from first on the path
@@ -212,10 +215,11 @@ def _child_env() -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------------ child side
-def _apply_serialized(store: LmdbProfileStore, payloads: list[bytes], now_ms: int) -> tuple[bytes, list[str]]:
+def _apply_serialized(store: LmdbProfileStore, payloads: list[bytes],
+                      now_ms: int) -> tuple[bytes, list[str], list[int]]:
     parse = common_pb2.Event.FromString
     results = store.apply_events([parse(p) for p in payloads], now_ms)
-    return bytes(r.applied for r in results), [r.user_id for r in results]
+    return bytes(r.applied for r in results), [r.user_id for r in results], [r.seq for r in results]
 
 
 def serve(conn: Connection, store: LmdbProfileStore) -> None:

@@ -55,7 +55,18 @@ async def test_erasure_leaves_nothing_of_the_user_in_lmdb(tmp_path: Path) -> Non
         assert bystander.rfm.frequency == 1
     path = tmp_path / SERVICE_NAME
     needles = [b"anon-erase", b"cust-erase", b"device-erase", b"ev-anon-", b"ev-cust-", b"erase@example.com"]
-    assert lmdb_mentions(path, needles) == []
+    # The one mention left is the Erasure item of the feed, which must name the erased ids so
+    # that every consumer can erase what it derived; the user's earlier feed items are gone.
+    left = lmdb_mentions(path, needles)
+    assert [db for db, _ in left] == ["log"], left
+    env = lmdb.open(str(path), max_dbs=len(DB_NAMES) + 2, readonly=True, lock=False)
+    try:
+        with env.begin(db=env.open_db(b"log", create=False)) as txn:
+            item = pb.LoggedEvent.FromString(txn.get(left[0][1]))
+    finally:
+        env.close()
+    assert item.WhichOneof("item") == "erasure"
+    assert (item.erasure.user_id, list(item.erasure.aliases)) == ("cust-erase", ["anon-erase", "device-erase"])
     assert lmdb_mentions(path, [b"bystander"])  # the check can see what is there
     store = LmdbProfileStore(path)
     try:
