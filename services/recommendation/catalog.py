@@ -36,7 +36,6 @@ from services.recommendation.config import (
 )
 from vitrine.v1 import common_pb2, recommend_pb2
 
-CREATED_PRODUCT_STOCK = 1  # stock of products created by Train (create_missing_products)
 INITIAL_CAPACITY = 1_024
 
 

@@ -14,6 +14,7 @@ DEFAULT_PORT = 50054
 # Request limits
 MAX_K = 200
 MAX_BATCH_REQUESTS = 32           # requests in one RecommendBatch (a page's placements)
+MAX_RANK_IDS = 1_000              # products in one Rank list (and its largest k)
 MAX_PRODUCT_ID_LENGTH = 256
 MAX_EXCLUDE_IDS = 1_000
 MAX_CART_IDS = 100
@@ -49,6 +50,15 @@ PURCHASE_WEIGHT = 5.0
 RETRY_GROWTH = 4                  # when filters leave < k, retrieve this many times more
 MAX_CANDIDATES = 20_000           # never retrieve more than this per request
 TRENDING_POOL = 2_000             # trending items kept ranked for fallbacks
+UPSELL_SCAN_MAX = 50_000          # up-sell scores a whole category up to this size, else uses the index
+TOGETHER_SCORE_BASE = 1.0         # co-occurrence scores are 1 + w / max w: above any cosine
+# Trending
+TRENDING_REFRESH_MS = 1_000       # large catalogs: trending may be this stale (refreshed in the background)
+TRENDING_INLINE_MAX_ITEMS = 20_000   # up to this many products, a request re-ranks trending itself when a count
+#                                     changed; above, the background-refreshed ranking (<= 1 s old) serves:
+#                                     at 100k products the inline re-rank was the top CPU cost under load
+MAX_CLOCK_SKEW_MS = 5 * 60 * 1000  # event times further in the future than this count as now
+CREATED_PRODUCT_STOCK = 1         # stock of products created by Train (create_missing_products)
 LMDB_MAP_SIZE = 8 * 1024**3       # sparse file; the upper bound of the catalog store
 # FollowCatalog
 MAX_KEPT_CHANGES = 1_000_000      # catalog changes kept for followers (the oldest are pruned)

@@ -28,7 +28,6 @@ from services.common.errors import (
     VitrineError,
 )
 from services.recommendation.catalog import (
-    CREATED_PRODUCT_STOCK,
     Catalog,
     StockChange,
     product_error,
@@ -37,6 +36,7 @@ from services.recommendation.catalog import (
 )
 from services.recommendation.changes import ChangeFeed, follow
 from services.recommendation.config import (
+    CREATED_PRODUCT_STOCK,
     MAX_BATCH_REQUESTS,
     MAX_DIMENSIONS,
     MAX_SUMMARY_ERRORS,
@@ -46,9 +46,10 @@ from services.recommendation.config import (
     SCAN_TIMEOUT_SECONDS,
     SERVICE,
     STREAM_BATCH,
+    TRENDING_REFRESH_MS,
     RecommendationConfig,
 )
-from services.recommendation.engine import TRENDING_REFRESH_MS, Query, Recommender, Result
+from services.recommendation.engine import Query, Recommender, Result
 from services.recommendation.model import Model, ModelStore, assemble, new_version
 from services.recommendation.signals import SNAPSHOT_FILE, WEIGHTS, ObserveResult, Signals
 from services.recommendation.training import SESSION_EVENT_TYPES, Trained, sessions_from_events, train_model

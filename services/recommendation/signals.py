@@ -27,6 +27,7 @@ from services.recommendation.config import (
     CO_CART_WEIGHT,
     CO_PURCHASE_WEIGHT,
     MAX_BASKET_ITEMS,
+    MAX_CLOCK_SKEW_MS,
     MAX_OPEN_BASKETS,
     PURCHASE_WEIGHT,
     SEEN_EVENT_IDS,
@@ -35,7 +36,6 @@ from services.recommendation.config import (
 from vitrine.v1 import common_pb2
 
 SNAPSHOT_FILE = "signals.npz"
-MAX_CLOCK_SKEW_MS = 5 * 60 * 1000  # event times further in the future than this are clamped to now
 
 WEIGHTS = {
     common_pb2.PRODUCT_VIEW: VIEW_WEIGHT,
