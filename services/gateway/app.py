@@ -19,7 +19,8 @@ from services.common.logs import configure_logging
 from services.common.metrics import start_metrics_server
 from services.common.server import build_server, install_event_loop
 from services.gateway.composer import Composer
-from services.gateway.config import DEFAULT_PORT, TRENDING_CALL_TIMEOUT_S, GatewayConfig
+from services.gateway.config import DEFAULT_PORT, EXPERIMENT_CALL_TIMEOUT_S, TRENDING_CALL_TIMEOUT_S, GatewayConfig
+from services.gateway.experiments import ExperimentSlots, ExposureLog
 from services.gateway.fallback import TrendingCache
 from services.gateway.observe import ObserveForwarder
 from services.gateway.router import ProfileRouter
@@ -45,6 +46,8 @@ class GatewayService:
         self.router: ProfileRouter | None = None
         self.trending: TrendingCache | None = None
         self.observer: ObserveForwarder | None = None
+        self.experiments: ExperimentSlots | None = None
+        self.exposures: ExposureLog | None = None
         self._channels: list[grpc.aio.Channel] = []
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
@@ -60,16 +63,24 @@ class GatewayService:
         recommend = recommend_pb2_grpc.RecommendServiceStub(recommendation)
         self.trending = TrendingCache(recommend, config.trending_refresh_seconds)
         self.observer = ObserveForwarder(recommend)
-        self.composer = Composer(self.router, segment_pb2_grpc.SegmentServiceStub(segmentation), recommend,
-                                 self.trending, self.observer, deadline_ms=config.deadline_ms)
+        segments = segment_pb2_grpc.SegmentServiceStub(segmentation)
+        self.experiments = ExperimentSlots(segments)
+        self.exposures = ExposureLog(self.router)
+        self.composer = Composer(self.router, segments, recommend, self.trending, self.observer,
+                                 deadline_ms=config.deadline_ms, experiments=self.experiments,
+                                 exposures=self.exposures)
         self.servicer.bind(self.composer, self.router)
         # Connect now rather than on the first request; a backend that is down is not fatal.
         channels = [*self.router._channels, *self._channels]
         await asyncio.gather(*(self._connect(c) for c in channels))
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self.trending.refresh(), TRENDING_CALL_TIMEOUT_S)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.experiments.refresh(), EXPERIMENT_CALL_TIMEOUT_S)
         self.trending.start()
         self.observer.start()
+        self.experiments.start()
+        self.exposures.start()
 
     @staticmethod
     async def _connect(channel: grpc.aio.Channel) -> None:
@@ -81,6 +92,10 @@ class GatewayService:
             await self.trending.stop()
         if self.observer is not None:
             await self.observer.stop()
+        if self.experiments is not None:
+            await self.experiments.stop()
+        if self.exposures is not None:
+            await self.exposures.stop()  # writes what is queued first (bounded)
         if self.router is not None:
             await self.router.close()
         for channel in self._channels:

@@ -16,8 +16,9 @@ import grpc
 
 from services.gateway import config as limits
 from services.gateway.defaults import ANCHORED, PERSONAL, Slot, slots_for
+from services.gateway.experiments import ExperimentSlots, ExposureLog, exposure_event
 from services.gateway.fallback import FALLBACK_STRATEGY, TrendingCache, context_segments
-from services.gateway.metrics import BACKEND_LATENCY, FALLBACKS
+from services.gateway.metrics import ASSIGNMENTS_SERVED, ASSIGNMENTS_UNSERVED, BACKEND_LATENCY, FALLBACKS
 from services.gateway.observe import ObserveForwarder
 from vitrine.v1 import common_pb2, gateway_pb2, profile_pb2, recommend_pb2, segment_pb2
 
@@ -41,6 +42,11 @@ def _unexpected(err: BaseException, backend: str) -> None:
 
 # One placement's answer: the result, whether it came from the backend, the model version.
 Placed = tuple[gateway_pb2.PlacementResult, bool, str]
+# Segments, offers, whether Evaluate answered, and the shopper's experiment assignments.
+Segmented = tuple[list[str], list[segment_pb2.Offer], bool, list[segment_pb2.Assignment]]
+
+# A ranked placement whose Rank failed keeps the caller's own order.
+CALLER_ORDER = "CALLER_ORDER"
 
 _latency_children: dict[tuple[str, str], Any] = {}
 _fallback_children: dict[str, Any] = {}
@@ -92,13 +98,16 @@ class Composer:
     """Personalize and Track; backends are injected (stubs or fakes with the same methods)."""
 
     def __init__(self, router: Any, segments: Any, recommend: Any, trending: TrendingCache,
-                 observer: ObserveForwarder | None, *, deadline_ms: int = 50) -> None:
+                 observer: ObserveForwarder | None, *, deadline_ms: int = 50,
+                 experiments: ExperimentSlots | None = None, exposures: ExposureLog | None = None) -> None:
         self.router = router
         self.segments = segments
         self.recommend = recommend
         self.trending = trending
         self.observer = observer
         self.deadline_ms = deadline_ms
+        self.experiments = experiments
+        self.exposures = exposures
         self._batch_retry_at = 0.0  # loop time from which RecommendBatch is tried (after UNIMPLEMENTED)
 
     # --- Track ---------------------------------------------------------------------------
@@ -146,11 +155,30 @@ class Composer:
 
         signals = user_signals(profile) if profile is not None else None
         remaining = max(deadline - loop.time(), 0.001)
-        (segment_ids, offers, segments_ok), placements = await asyncio.gather(
-            self._segments(request, profile, unknown, remaining),
-            self._placements(request, slots, signals, deadline))
+        listed = [i for i, slot in enumerate(slots) if not slot.candidates]
+        ranked = [i for i, slot in enumerate(slots) if slot.candidates]
+        # A placement that a running experiment may hold waits for Evaluate's assignment; the
+        # others (and every ranked placement) are asked for at once, beside Evaluate.
+        evaluated = profile is not None or unknown
+        held = (evaluated and bool(request.user_id) and self.experiments is not None
+                and any(self.experiments.holds(slots[i].slot_id) for i in listed))
+        seconds = remaining * limits.EVALUATE_SHARE_WHEN_HELD if held else remaining
+        segmenting = asyncio.ensure_future(self._segments(request, profile, unknown, seconds))
+        served: list[segment_pb2.Assignment] = []
 
-        response = gateway_pb2.PersonalizeResponse(segment_ids=segment_ids, offers=offers)
+        async def listed_placements() -> list[Placed]:
+            chosen = [slots[i] for i in listed]
+            if held:
+                chosen = self._under_variants(chosen, (await segmenting)[3], served)
+            return await self._placements(request, chosen, signals, deadline)
+
+        (segment_ids, offers, segments_ok, assignments), placed, *ranked_placed = await asyncio.gather(
+            segmenting, listed_placements(), *(self._ranked(request, slots[i], signals, deadline) for i in ranked))
+        self._note_unserved(request, slots, assignments, served)
+        by_index = dict(zip(listed, placed, strict=True)) | dict(zip(ranked, ranked_placed, strict=True))
+        placements = [by_index[i] for i in range(len(slots))]
+
+        response = gateway_pb2.PersonalizeResponse(segment_ids=segment_ids, offers=offers, assignments=served)
         placements_ok = 0
         for result, ok, model_version in placements:
             response.placements.append(result)
@@ -166,15 +194,64 @@ class Composer:
             response.fallback_reason = ",".join(reasons)
             for reason in reasons:
                 _count_fallback(reason)
+        if served and self.exposures is not None and not request.preview:
+            # Recorded for every variant served, whatever its placement's outcome (a variant whose
+            # items fell back is still exposed), so exposure loss cannot depend on the variant.
+            user_id = profile.user_id if profile is not None and profile.user_id else request.user_id
+            self.exposures.offer(exposure_event(user_id, request.session_id, request.context, served))
         return response
 
+    @staticmethod
+    def _under_variants(slots: list[Slot], assignments: list[segment_pb2.Assignment],
+                        served: list[segment_pb2.Assignment]) -> list[Slot]:
+        """The placements with each assigned variant's strategy and k (0 = the placement's own);
+        the assignments applied are appended to `served`."""
+        by_slot: dict[str, segment_pb2.Assignment] = {}
+        for assignment in assignments:
+            by_slot.setdefault(assignment.slot_id, assignment)  # one experiment per slot: the first
+        chosen = []
+        for slot in slots:
+            assignment = by_slot.get(slot.slot_id)
+            if assignment is None:
+                chosen.append(slot)
+                continue
+            strategy = assignment.strategy or slot.strategy
+            k = min(assignment.k, limits.MAX_K) if assignment.k > 0 else slot.k
+            chosen.append(Slot(slot.slot_id, strategy, k, slot.constraints))
+            served.append(assignment)
+            ASSIGNMENTS_SERVED.inc()
+        return chosen
+
+    def _note_unserved(self, request: gateway_pb2.PersonalizeRequest, slots: list[Slot],
+                       assignments: list[segment_pb2.Assignment], served: list[segment_pb2.Assignment]) -> None:
+        """Count assignments that this answer did not serve, and learn the slots of experiments the
+        gateway did not know yet (so the next request with that slot waits for its variant)."""
+        if len(assignments) == len(served):
+            return
+        if self.experiments is not None:
+            self.experiments.learn(a.slot_id for a in assignments if a.slot_id)
+        on_page = {slot.slot_id: bool(slot.candidates) for slot in slots}
+        done = {a.experiment_id for a in served}
+        for assignment in assignments:
+            if assignment.experiment_id in done:
+                continue
+            if assignment.slot_id not in on_page:
+                reason = "not_on_page"
+            elif not request.user_id:
+                reason = "no_user_id"
+            elif on_page[assignment.slot_id]:
+                reason = "ranked_placement"
+            else:
+                reason = "slot_not_held"
+            ASSIGNMENTS_UNSERVED.labels(reason).inc()
+
     async def _segments(self, request: gateway_pb2.PersonalizeRequest, profile: common_pb2.Profile | None,
-                        unknown: bool, seconds: float) -> tuple[list[str], list[segment_pb2.Offer], bool]:
+                        unknown: bool, seconds: float) -> Segmented:
         """Segments and offers; for a shopper without a usable profile, the context-only built-ins
         (an unknown shopper is a new visitor and still gets the store's offers for new visitors)."""
         if profile is None and not unknown:
             # No consent, or the profile is unavailable: nothing personal, nothing to ask.
-            return context_segments(request.context, new_visitor=False), [], True
+            return context_segments(request.context, new_visitor=False), [], True, []
         evaluate = segment_pb2.EvaluateRequest(context=request.context)
         if profile is not None:
             evaluate.profile.CopyFrom(profile)
@@ -186,9 +263,9 @@ class Composer:
         except _BACKEND_ERRORS as err:
             _unexpected(err, "segmentation")
             _observe("segmentation", started, False, err)
-            return context_segments(request.context, new_visitor=profile is None), [], False
+            return context_segments(request.context, new_visitor=profile is None), [], False, []
         _observe("segmentation", started, True)
-        return list(reply.segment_ids), list(reply.offers), True
+        return list(reply.segment_ids), list(reply.offers), True, list(reply.assignments)
 
     def _recommend_request(self, request: gateway_pb2.PersonalizeRequest, slot: Slot,
                            signals: recommend_pb2.UserSignals | None) -> recommend_pb2.RecommendRequest:
@@ -262,3 +339,34 @@ class Composer:
             return self._fallback(request, slot)
         _observe("recommendation", started, True)
         return self._placed(slot, reply)
+
+    async def _ranked(self, request: gateway_pb2.PersonalizeRequest, slot: Slot,
+                      signals: recommend_pb2.UserSignals | None, deadline: float) -> Placed:
+        """A placement given as the caller's own list, put in this shopper's order by Rank; when
+        Rank fails or is late, the caller's order (its exclusions applied, cut to k)."""
+        loop = asyncio.get_running_loop()
+        call = recommend_pb2.RankRequest(user=signals, product_ids=slot.candidates, constraints=slot.constraints,
+                                         context=request.context, k=slot.k)
+        started = time.perf_counter()
+        try:
+            reply = await self.recommend.Rank(call, timeout=max(deadline - loop.time(), 0.001))
+        except _BACKEND_ERRORS as err:
+            _unexpected(err, "recommendation")
+            _observe("recommendation", started, False, err)
+            return self._caller_order(slot)
+        _observe("recommendation", started, True)
+        return self._placed(slot, reply)
+
+    @staticmethod
+    def _caller_order(slot: Slot) -> Placed:
+        excluded = set(slot.constraints.exclude_product_ids)
+        ids: list[str] = []
+        for product_id in slot.candidates:
+            if product_id not in excluded:
+                excluded.add(product_id)  # each once
+                ids.append(product_id)
+        if slot.k:
+            ids = ids[:slot.k]
+        items = [recommend_pb2.ScoredProduct(product_id=p, reason="caller order") for p in ids]
+        return gateway_pb2.PlacementResult(slot_id=slot.slot_id, items=items, strategy_used=CALLER_ORDER,
+                                           fallback=True), False, ""

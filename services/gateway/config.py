@@ -55,6 +55,26 @@ ALIAS_NEGATIVE_TTL_S = 2.0
 # the batch is tried again after this long.
 RECOMMEND_BATCH_RETRY_S = 60.0
 
+# Placements given by the caller's own list (candidate_product_ids) are ordered by Rank.
+MAX_CANDIDATES = 1_000           # candidate_product_ids per placement
+
+# Experiments. The slot ids that running experiments hold are refreshed this often (a placement
+# in one of them waits for Evaluate's assignment before its items are asked for).
+EXPERIMENT_REFRESH_S = 10.0
+EXPERIMENT_CALL_TIMEOUT_S = 2.0
+# When a placement waits for the assignment, Evaluate gets this share of what is left of the
+# budget after the profile read; the placement's Recommend gets the rest.
+EVALUATE_SHARE_WHEN_HELD = 0.5
+# Exposure events (one per Personalize answer that served a variant) go to the profile log
+# through TrackBatch, off the request path: a bounded FIFO queue drained by one writer.
+EXPOSURE_QUEUE_SIZE = 20_000     # beyond this an exposure is dropped (counted; see README)
+EXPOSURE_BATCH_SIZE = 500        # events per TrackBatch
+EXPOSURE_LINGER_S = 0.05         # after the first event of a batch, wait this long for more
+EXPOSURE_CALL_TIMEOUT_S = 5.0
+EXPOSURE_ATTEMPTS = 4            # a batch not acknowledged is resent (idempotent) up to this many times
+EXPOSURE_RETRY_PAUSE_S = 0.5     # times the attempt number
+EXPOSURE_FLUSH_S = 5.0           # on shutdown, time given to write what is queued
+
 # Best-effort Observe forwarding.
 OBSERVE_QUEUE_SIZE = 10_000      # events waiting; beyond this they are dropped (counted)
 OBSERVE_BATCH_SIZE = 500         # events per Observe stream

@@ -33,6 +33,8 @@ class Slot:
     strategy: int
     k: int
     constraints: recommend_pb2.Constraints = field(default_factory=recommend_pb2.Constraints)
+    # The caller's own list (search results, a category page): answered by Rank in this order's stead.
+    candidates: list[str] = field(default_factory=list)
 
 
 def _check_id(value: str, what: str) -> None:
@@ -65,12 +67,23 @@ def slots_for(request: gateway_pb2.PersonalizeRequest) -> list[Slot]:
             if slot_id in seen:
                 raise InvalidArgument(f"placements[{index}].slot_id {slot_id!r} is used twice")
             seen.add(slot_id)
-            if placement.strategy not in S.values() or placement.strategy == S.STRATEGY_UNSPECIFIED:
-                raise InvalidArgument(f"placements[{index}] ({slot_id}) needs a strategy")
+            candidates = placement.candidate_product_ids
+            if len(candidates) > limits.MAX_CANDIDATES:
+                raise InvalidArgument(f"placements[{index}] ({slot_id}) has {len(candidates)} candidate_product_ids; "
+                                      f"at most {limits.MAX_CANDIDATES}")
+            for position, candidate in enumerate(candidates):
+                _check_id(candidate, f"placements[{index}].candidate_product_ids[{position}]")
+            # A placement with candidates is ordered by Rank: it needs no strategy.
+            if placement.strategy not in S.values() or (
+                    placement.strategy == S.STRATEGY_UNSPECIFIED and not candidates):
+                raise InvalidArgument(f"placements[{index}] ({slot_id}) needs a strategy "
+                                      "(or candidate_product_ids to rank)")
             if not 0 <= placement.k <= limits.MAX_K:
                 raise InvalidArgument(f"placements[{index}].k must be within 0..{limits.MAX_K} "
                                       f"(0 = {limits.DEFAULT_K}), got {placement.k}")
-            slots.append(Slot(slot_id, placement.strategy, placement.k or limits.DEFAULT_K, placement.constraints))
+            # k = 0: DEFAULT_K items, or for a ranked list every candidate that qualifies.
+            k = placement.k or (0 if candidates else limits.DEFAULT_K)
+            slots.append(Slot(slot_id, placement.strategy, k, placement.constraints, list(candidates)))
     else:
         for slot_id, strategy in DEFAULT_PLACEMENTS[page]:
             constraints = recommend_pb2.Constraints()
@@ -78,7 +91,7 @@ def slots_for(request: gateway_pb2.PersonalizeRequest) -> list[Slot]:
                 constraints.include_categories.append(request.category)
             slots.append(Slot(slot_id, strategy, limits.DEFAULT_K, constraints))
     for slot in slots:
-        if slot.strategy in ANCHORED and not request.product_id:
+        if slot.strategy in ANCHORED and not request.product_id and not slot.candidates:
             raise InvalidArgument(f"placement {slot.slot_id} ({S.Name(slot.strategy)}) needs product_id "
                                   "(the product the page shows)")
     return slots

@@ -21,3 +21,11 @@ ALIAS_LOOKUPS = Counter("vitrine_gateway_alias_lookups_total",
                         "ResolveAlias calls of the shard router, by answer (alias, none)", ["answer"])
 CROSS_SHARD_IDENTIFY = Counter("vitrine_gateway_cross_shard_identify_total",
                                "Identify calls that moved a profile between shards")
+EXPOSURES = Counter("vitrine_gateway_exposures_total",
+                    "Exposure events (one per answer that served a variant), by outcome (offered, written, "
+                    "duplicate, dropped_full, failed, rejected)", ["outcome"])
+ASSIGNMENTS_SERVED = Counter("vitrine_gateway_assignments_served_total",
+                             "Placements served under an experiment's variant")
+ASSIGNMENTS_UNSERVED = Counter("vitrine_gateway_assignments_unserved_total",
+                               "Assignments not served, by reason (slot_not_held: an experiment the gateway "
+                               "did not know yet; not_on_page; ranked_placement; no_user_id)", ["reason"])

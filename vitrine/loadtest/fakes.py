@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import grpc
 
@@ -84,6 +84,8 @@ class FakeProfileServicer(profile_pb2_grpc.ProfileServiceServicer):
                 self.owner.seen_event_ids.add(event.event_id)
                 self.owner.batched.append(event)
                 summary.accepted += 1
+        async with self.owner.batch_changed:
+            self.owner.batch_changed.notify_all()
         return summary
 
     async def ResolveAlias(self, request, context):  # type: ignore[no-untyped-def]
@@ -114,6 +116,12 @@ class FakeProfile(_Base):
         self.batched: list[common_pb2.Event] = []  # events applied through TrackBatch
         self.seen_event_ids: set[str] = set()
         self.aliases: dict[str, str] = {}  # alias -> target, for ResolveAlias
+        self.batch_changed = asyncio.Condition()  # notified after every TrackBatch
+
+    async def wait_batched(self, predicate: Callable[[list[common_pb2.Event]], bool]) -> None:
+        """Until `predicate(batched)` holds (the caller bounds it with asyncio.timeout)."""
+        async with self.batch_changed:
+            await self.batch_changed.wait_for(lambda: predicate(self.batched))
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         profile_pb2_grpc.add_ProfileServiceServicer_to_server(FakeProfileServicer(self), server)
@@ -129,7 +137,12 @@ class FakeSegmentationServicer(segment_pb2_grpc.SegmentServiceServicer):
         known = bool(request.profile.event_count)
         segments = ["returning_visitor" if known else "new_visitor", "evaluated"]
         offer = segment_pb2.Offer(offer_id="welcome", title="Welcome", segment_ids=segments[:1])
-        return segment_pb2.EvaluateResponse(segment_ids=segments, offers=[offer])
+        return segment_pb2.EvaluateResponse(segment_ids=segments, offers=[offer],
+                                            assignments=self.owner.assign(request.profile.user_id))
+
+    async def ListExperiments(self, request, context):  # type: ignore[no-untyped-def]
+        await self.owner.list_faults.apply(context)
+        return segment_pb2.ListExperimentsResponse(experiments=self.owner.experiments)
 
 
 class FakeSegmentation(_Base):
@@ -139,6 +152,19 @@ class FakeSegmentation(_Base):
     def __init__(self) -> None:
         super().__init__()
         self.seen: list[segment_pb2.EvaluateRequest] = []
+        self.experiments: list[segment_pb2.Experiment] = []  # running experiments (all of them enter everyone)
+        self.list_faults = Faults()
+
+    def assign(self, user_id: str) -> list[segment_pb2.Assignment]:
+        """A deterministic stand-in for the real assignment: the variant by a checksum of the id."""
+        if not user_id:
+            return []
+        chosen = []
+        for experiment in self.experiments:
+            variant = experiment.variants[sum(user_id.encode()) % len(experiment.variants)]
+            chosen.append(segment_pb2.Assignment(experiment_id=experiment.experiment_id, variant_id=variant.variant_id,
+                                                 slot_id=experiment.slot_id, strategy=variant.strategy, k=variant.k))
+        return chosen
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         segment_pb2_grpc.add_SegmentServiceServicer_to_server(FakeSegmentationServicer(self), server)
@@ -179,6 +205,16 @@ class FakeRecommendationServicer(recommend_pb2_grpc.RecommendServiceServicer):
                 results.append(recommend_pb2.RecommendResult(response=self.owner.answer(item)))
         return recommend_pb2.RecommendBatchResponse(results=results)
 
+    async def Rank(self, request, context):  # type: ignore[no-untyped-def]
+        self.owner.ranks.append(request)
+        await self.owner.rank_faults.apply(context)
+        excluded = set(request.constraints.exclude_product_ids)
+        ids = [p for p in reversed(request.product_ids) if p not in excluded]  # recognisably not the caller's order
+        if request.k:
+            ids = ids[:request.k]
+        items = [recommend_pb2.ScoredProduct(product_id=p, score=1.0) for p in ids]
+        return recommend_pb2.RecommendResponse(items=items, strategy_used="RANK", model_version="fake-1")
+
     async def Observe(self, request_iterator, context):  # type: ignore[no-untyped-def]
         events = [event async for event in request_iterator]
         self.owner.observe_calls += 1
@@ -195,6 +231,8 @@ class FakeRecommendation(_Base):
         super().__init__()
         self.trending_faults = Faults()
         self.observe_faults = Faults()
+        self.rank_faults = Faults()
+        self.ranks: list[recommend_pb2.RankRequest] = []
         self.requests: list[recommend_pb2.RecommendRequest] = []
         self.observed: list[common_pb2.Event] = []
         self.observe_calls = 0
