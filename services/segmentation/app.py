@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from services.common.server import run_service
 from services.segmentation.config import DEFAULT_PORT, SegmentationConfig
 from services.segmentation.engine import SegmentEngine
 from services.segmentation.fields import warm_up
+from services.segmentation.results import ExperimentResults
 from services.segmentation.scan import ProfileScanner
 from services.segmentation.servicer import SegmentServicer
 from services.segmentation.store import DefinitionStore
@@ -28,6 +30,7 @@ class SegmentationService:
         self.config = config
         self.engine: SegmentEngine | None = None
         self.scanner: ProfileScanner | None = None
+        self.results: ExperimentResults | None = None
         self._servicer: SegmentServicer | None = None
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
@@ -43,15 +46,25 @@ class SegmentationService:
         engine.evaluate(None, None)  # warm-up: every built-in rule runs once
         warm_up()
         self.engine = engine
+        results = ExperimentResults(Path(config.data_dir) / "segmentation" / "results", lambda: engine.experiments)
+        self.results = results
+
+        async def forget(experiment_id: str) -> None:
+            await asyncio.to_thread(results.forget, experiment_id)
+
+        engine.experiment_deleted.append(forget)
         targets = config.profile_targets
         self.scanner = ProfileScanner(targets, config) if targets else None
         assert self._servicer is not None
         self._servicer.engine = engine
         self._servicer.scanner = self.scanner
+        self._servicer.results = results
 
     async def stop(self) -> None:
         if self.scanner is not None:
             await self.scanner.close()
+        if self.results is not None:
+            self.results.close()
         if self.engine is not None:
             self.engine.close()
 

@@ -73,7 +73,7 @@ SRM_P_THRESHOLD = 0.001               # srm_detected below this p-value (GrowthB
 RESULTS_CONFIDENCE = 0.95             # every interval of GetExperimentResults
 RESULTS_MAP_SIZE = 4 << 30            # bytes reserved (sparse) for the results' LMDB (one record per exposed shopper)
 FOLLOW_BATCH_ITEMS = 512              # feed items applied (and the cursor stored) per LMDB write transaction
-EXPORT_DEFAULT_CHUNK = 1024           # ExportAudience: profiles evaluated per NumPy pass
+EXPORT_CHUNK_ROWS = 1024              # ExportAudience: profiles evaluated per NumPy pass (small: members stream early)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,13 +7,14 @@ whole (copy on write), so a request always sees one consistent set of rules and 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import logging
 import math
 import time
 from bisect import bisect_left, bisect_right
-from collections.abc import AsyncIterable, Awaitable, Callable, Collection, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Collection, Sequence
 
 import numpy as np
 
@@ -122,6 +123,9 @@ class SegmentEngine:
         self._experiments = ExperimentSet()
         # Called with the experiment id after DeleteExperiment (the results forget it).
         self.experiment_deleted: list[Callable[[str], Awaitable[None]]] = []
+
+    def now(self) -> int:
+        return self._clock()
 
     # -- state ------------------------------------------------------------
     async def open(self) -> None:
@@ -450,6 +454,48 @@ class SegmentEngine:
         now = now or self._clock()
         counts = await asyncio.gather(*(count_matching(compiled, s, now) for s in sources))
         return sum(m for m, _ in counts), sum(t for _, t in counts)
+
+    async def export_audience(self, compiled: CompiledRule,
+                              sources: Sequence[AsyncIterator[common_pb2.Profile | bytes]], *,
+                              require_marketing_consent: bool = False, limit: int = 0,
+                              now: int = 0) -> AsyncIterator[segment_pb2.AudienceMember]:
+        """The members of the rule among every profile of every source (one source after the
+        other), at most `limit` (0 = all); optionally only those with marketing consent."""
+        if limit < 0:
+            raise InvalidArgument(f"limit {limit} must be >= 0 (0 = every member)")
+        now = now or self._clock()
+        extractor = ColumnExtractor(compiled)
+
+        def members(rows: list[common_pb2.Profile | bytes]) -> list[segment_pb2.AudienceMember]:
+            hits = np.flatnonzero(compiled.evaluate_columns(extractor.batch(rows, now), now))
+            out = []
+            for i in hits.tolist():
+                row = rows[i]
+                profile = common_pb2.Profile.FromString(row) if isinstance(row, bytes) else row
+                if require_marketing_consent and not profile.consent.marketing:
+                    continue
+                out.append(segment_pb2.AudienceMember(user_id=profile.user_id, customer_id=profile.customer_id,
+                                                      traits=profile.traits))
+            return out
+
+        sent = 0
+        for source in sources:
+            async with contextlib.aclosing(source):
+                chunk: list[common_pb2.Profile | bytes] = []
+                done = False
+                while not done:
+                    try:
+                        chunk.append(await anext(source))
+                    except StopAsyncIteration:
+                        done = True
+                    if len(chunk) >= cfg.EXPORT_CHUNK_ROWS or (done and chunk):
+                        rows, chunk = chunk, []
+                        # counted in a worker thread like EstimateSize's chunks (the kernel releases the GIL)
+                        for member in await asyncio.to_thread(members, rows):
+                            yield member
+                            sent += 1
+                            if limit and sent >= limit:
+                                return
 
 
 def _segment_known(segment_id: str, state: _State) -> bool:
