@@ -97,12 +97,20 @@ def _gateway_flags(layout: SuiteLayout) -> list[str]:
             "--recommendation-address", layout.address("recommendation")]
 
 
+def _console_flags(layout: SuiteLayout) -> list[str]:
+    journeys = layout.address("journeys") if "journeys" in layout.ports else f"{layout.host}:50055"
+    return ["--data-dir", str(layout.data_dir), "--gateway-address", layout.address("gateway"),
+            "--segmentation-address", layout.address("segmentation"),
+            "--recommendation-address", layout.address("recommendation"), "--journeys-address", journeys]
+
+
 # Start order: profile shards first, gateway after its backends. Add a service with one entry.
 SERVICES: list[ServiceSpec] = [
     ServiceSpec("profile", "services.profile", 50052, lambda layout: [], sharded=True),
     ServiceSpec("segmentation", "services.segmentation", 50053, _backend_flags),
     ServiceSpec("recommendation", "services.recommendation", 50054, _backend_flags),
     ServiceSpec("gateway", "services.gateway", 50051, _gateway_flags),
+    ServiceSpec("console", "services.console", 8080, _console_flags, health="http"),
 ]
 DEFAULT_PORTS = {spec.name: spec.default_port for spec in sorted(SERVICES, key=lambda s: s.default_port)}
 
