@@ -18,7 +18,6 @@ import contextlib
 import os
 import random
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,17 +27,13 @@ from pathlib import Path
 
 import grpc
 
+from vitrine.health import wait_serving_async
 from vitrine.loadtest.cpu import child_pids, own_cpu_seconds
+from vitrine.ports import free_port
 from vitrine.v1 import common_pb2, profile_pb2, profile_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[2]
 ET = common_pb2.EventType
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager
@@ -57,19 +52,6 @@ def profile_server(data_dir: str, port: int, *extra: str) -> Iterator[subprocess
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-
-async def wait_ready(stub: profile_pb2_grpc.ProfileServiceStub) -> None:
-    deadline = time.monotonic() + 30.0
-    while True:
-        try:
-            await stub.GetProfile(profile_pb2.GetProfileRequest(user_id="__probe__"), timeout=1)
-        except grpc.aio.AioRpcError as err:
-            if err.code() == grpc.StatusCode.NOT_FOUND:
-                return
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.1)
 
 
 def make_events(n: int, users: int, prefix: str, now_ms: int, seed: int) -> list[common_pb2.Event]:
@@ -126,7 +108,7 @@ async def run(args: argparse.Namespace) -> None:
         with profile_server(data_dir, port, *args.server_arg) as proc:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
                 stub = profile_pb2_grpc.ProfileServiceStub(channel)
-                await wait_ready(stub)
+                await wait_serving_async(channel, 30.0, process=proc)
                 now = int(time.time() * 1000)
 
                 # TrackStream: several concurrent streams, durable summaries.

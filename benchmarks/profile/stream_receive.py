@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ import time
 import grpc
 
 from vitrine.loadtest.cpu import own_cpu_seconds
+from vitrine.ports import free_port
 from vitrine.v1 import common_pb2
 
 SERVICE, METHOD = "bench.Sink", "Take"
@@ -76,15 +76,9 @@ def send(port: int, messages: int, streams: int) -> float:
         return time.perf_counter() - started
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def measure(mode: str, messages: int, streams: int) -> tuple[float, float]:
     """(messages per second, server CPU µs per message) for one server mode."""
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "benchmarks.profile.stream_receive", "--serve", mode,
                                "--port", str(port)])
     try:

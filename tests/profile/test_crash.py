@@ -8,28 +8,23 @@ import collections
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import grpc
 import pytest
 
 from tests.profile.helpers import ET, ev
+from vitrine.health import wait_serving_async
+from vitrine.ports import free_port
 from vitrine.v1 import profile_pb2, profile_pb2_grpc
 
 pb = profile_pb2
 ROOT = Path(__file__).resolve().parents[2]
 ITERATIONS = 10
+READY_S = 30.0  # bound on a restarted service reaching SERVING
 USERS = 25
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
@@ -38,20 +33,6 @@ def start_server(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
          "--log-level", "WARNING", "--purge-interval-seconds", "0"],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
-
-
-async def wait_ready(stub: profile_pb2_grpc.ProfileServiceStub, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        assert proc.poll() is None, "the profile service exited during start-up"
-        try:
-            await stub.GetProfile(pb.GetProfileRequest(user_id="__probe__"), timeout=1)
-        except grpc.aio.AioRpcError as err:
-            if err.code() == grpc.StatusCode.NOT_FOUND:
-                return
-            if time.monotonic() > deadline:
-                raise
-        await asyncio.sleep(0.05)
 
 
 async def verify(stub: profile_pb2_grpc.ProfileServiceStub, acked: set[str]) -> int:
@@ -107,7 +88,7 @@ async def test_sigkill_while_streaming_loses_no_acknowledged_event(tmp_path: Pat
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
                 stub = profile_pb2_grpc.ProfileServiceStub(channel)
-                await wait_ready(stub, proc)
+                await wait_serving_async(channel, READY_S, process=proc)
                 logged = await verify(stub, acked)
                 assert logged >= len(acked)
                 if acked:  # re-sending acknowledged events after the restart changes nothing

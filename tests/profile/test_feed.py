@@ -14,8 +14,10 @@ import grpc
 from services.profile.store import LmdbProfileStore
 from tests.profile.conftest import Profiles, make_service
 from tests.profile.helpers import DAY_MS, ET, ev, now_ms
-from tests.profile.test_crash import free_port, start_server, wait_ready
+from tests.profile.test_crash import READY_S, start_server
 from tests.support import assert_status, channel_to, serving
+from vitrine.health import wait_serving_async
+from vitrine.ports import free_port
 from vitrine.v1 import common_pb2, profile_pb2, profile_pb2_grpc
 
 pb = profile_pb2
@@ -230,7 +232,7 @@ async def test_sigkill_keeps_every_acknowledged_event_in_the_feed_exactly_once(t
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
                 stub = profile_pb2_grpc.ProfileServiceStub(channel)
-                await wait_ready(stub, proc)
+                await wait_serving_async(channel, READY_S, process=proc)
                 probe = await stub.Track(pb.TrackRequest(event=ev(ET.PAGE_VIEW, user="probe",
                                                                   event_id=f"probe{iteration}")), timeout=10)
                 assert probe.seq > last_seq

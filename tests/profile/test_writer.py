@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -19,8 +20,10 @@ from services.profile import fold
 from services.profile.writer import WriterProcess
 from tests.profile.conftest import Profiles, make_service
 from tests.profile.helpers import ET, ev
-from tests.profile.test_crash import free_port, wait_ready
+from tests.profile.test_crash import READY_S
 from tests.support import assert_status, channel_to, serving
+from vitrine.health import wait_serving_async
+from vitrine.ports import free_port
 from vitrine.v1 import common_pb2, profile_pb2, profile_pb2_grpc
 
 pb = profile_pb2
@@ -37,12 +40,16 @@ def alive(pid: int) -> bool:
 
 
 def wait_gone(pid: int, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not alive(pid):
-            return True
-        time.sleep(0.05)
-    return False
+    """Wait (without polling) until `pid` has exited: its pidfd turns readable when it does."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        readable, _, _ = select.select([fd], [], [], timeout)
+        return bool(readable) or not alive(pid)
+    finally:
+        os.close(fd)
 
 
 def children(pid: int) -> list[int]:
@@ -100,6 +107,7 @@ async def test_writer_killed_during_a_stream_loses_no_acknowledged_event(profile
     writer = profiles.engine.writer
     assert writer is not None
     acked: set[str] = set()
+    first_ack = asyncio.Event()
 
     async def produce(worker: int) -> None:
         for batch in range(15):
@@ -111,9 +119,10 @@ async def test_writer_killed_during_a_stream_loses_no_acknowledged_event(profile
                 continue
             assert summary.accepted + summary.duplicates == 40
             acked.update(e.event_id for e in events)
+            first_ack.set()
 
     tasks = [asyncio.create_task(produce(w)) for w in range(3)]
-    await asyncio.sleep(0.2)
+    await asyncio.wait_for(first_ack.wait(), 20)  # streams are flowing: kill the writer mid-way
     os.kill(writer.pid, signal.SIGKILL)  # type: ignore[arg-type]
     await asyncio.gather(*tasks)
     logged: dict[str, int] = {}
@@ -202,7 +211,7 @@ async def test_no_orphan_writer_after_the_service_process_ends(tmp_path: Path, s
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = profile_pb2_grpc.ProfileServiceStub(channel)
-            await wait_ready(stub, proc)
+            await wait_serving_async(channel, READY_S, process=proc)
             await stub.Track(pb.TrackRequest(event=ev(ET.PAGE_VIEW)), timeout=10)
         writers = children(proc.pid)
         assert len(writers) == 1, writers

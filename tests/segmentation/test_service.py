@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import grpc
@@ -11,17 +10,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from services.segmentation.app import build_service
 from services.segmentation.config import DEFAULT_PORT, SegmentationConfig
 from tests.support import assert_status, channel_to, serving
+from vitrine.ports import free_port
 from vitrine.v1 import common_pb2 as c
 from vitrine.v1 import segment_pb2 as s
 from vitrine.v1 import segment_pb2_grpc
 
 NOW = 1_763_900_000_000
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def config(tmp_path: Path, **overrides: object) -> SegmentationConfig:

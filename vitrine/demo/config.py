@@ -12,9 +12,7 @@ import dataclasses
 import time
 from typing import Any
 
-DAY_MS = 86_400_000
-HOUR_MS = 3_600_000
-MINUTE_MS = 60_000
+from scoring.units import DAY_MS
 
 #: Fixed reference time for deterministic tests: 2026-11-01T00:00:00Z.
 REFERENCE_NOW_MS = 1_793_491_200_000

@@ -11,13 +11,16 @@ scale, for those registered from the start), while RecommendService.Train runs w
 those sessions inline (it starts as soon as generation ends).
 
 Nothing holds all events: at most CONCURRENCY batches per destination are in flight.
-Every call has a timeout; failed batches are retried (event ids make that safe).
+Every call has a timeout; gRPC itself retries a call that failed with a transient status
+(the channels' retry policy, `RETRY_POLICY`; event ids make a repeated batch safe).
+Progress: tqdm bars on stderr, or lines to a callback.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import sys
 import time
@@ -25,14 +28,16 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tqdm import tqdm
 
+from scoring.units import DAY_MS
 from services.common.channel import open_channel
 from vitrine.demo.catalog import iter_product_batches
-from vitrine.demo.config import DAY_MS, DemoConfig
+from vitrine.demo.config import DemoConfig
 from vitrine.demo.sessions import ADD_TO_CART, CHECKOUT, PRODUCT_VIEW, PURCHASE, REMOVE_FROM_CART, HistoryGenerator
 from vitrine.demo.shoppers import iter_shoppers, visitor_id
 from vitrine.demo.store import demo_offers, demo_segments
+from vitrine.health import wait_serving_async
 from vitrine.v1 import (
     gateway_pb2_grpc,
     profile_pb2,
@@ -55,16 +60,26 @@ BATCH_TIMEOUT_S = 120.0  # deadline of one batch call
 CALL_TIMEOUT_S = 10.0  # unary calls (PutSegment, Identify, ...)
 TRAIN_TIMEOUT_S = 900.0
 READY_TIMEOUT_S = 60.0
-RETRIES = 3
+RETRIES = 3  # attempts of one call, the first included
 CONCURRENCY = 2  # batches in flight per destination
 IDENTIFY_CONCURRENCY = 16
 GATEWAY_TRACK_CONCURRENCY = 64
+#: gRPC's own retries (the channel's service config): transient statuses only, with backoff. A
+#: deadline is not retried: it bounds all attempts of a call together.
+RETRY_POLICY = {"maxAttempts": RETRIES, "initialBackoff": "0.5s", "maxBackoff": "4s", "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE", "RESOURCE_EXHAUSTED"]}
+#: A client stream is retried only while what it sent fits gRPC's retry buffer: room for a batch.
+RETRY_BUFFER_BYTES = 64 * 1024 * 1024
+CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (  # open_channel turns retries on (grpc.enable_retries)
+    ("grpc.service_config", json.dumps({"methodConfig": [{"name": [{}], "retryPolicy": RETRY_POLICY}]})),
+    ("grpc.per_rpc_retry_buffer_size", RETRY_BUFFER_BYTES),
+    ("grpc.retry_buffer_size", 2 * CONCURRENCY * RETRY_BUFFER_BYTES),
+)
 #: Inline Train request size cap (the services' default message limit is 16 MiB).
 TRAIN_MAX_BYTES = 12 * 1024 * 1024
 #: Product views younger than this go to Observe too (trending); cart and purchase events always do.
 OBSERVE_VIEW_DAYS = 3
 OBSERVE_TYPES = frozenset({ADD_TO_CART, REMOVE_FROM_CART, CHECKOUT, PURCHASE})
-_RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
 MAX_ERRORS = 50
 
 
@@ -108,27 +123,43 @@ class LoadReport:
 
 
 class Progress:
-    """Counts and rates on stderr (or a callback), at most once a second per stage."""
+    """`True`: a tqdm bar per stage on stderr. A callback: a line with counts and rate, at most
+    once a second (logs, tests). None/False: quiet."""
 
     def __init__(self, sink: bool | Callable[[str], None] | None) -> None:
-        if sink is True:
-            self._emit: Callable[[str], None] | None = lambda line: print(line, file=sys.stderr, flush=True)
-        else:
-            self._emit = sink or None
+        self._bars = sink is True
+        self._emit: Callable[[str], None] | None = sink if callable(sink) else None
         self._started: dict[str, float] = {}
+        self._bar: dict[str, tqdm[Any]] = {}
         self._last = 0.0
 
-    def start(self, stage: str) -> None:
+    def start(self, stage: str, total: int | None = None, unit: str = "it") -> None:
         self._started[stage] = time.perf_counter()
+        if self._bars:
+            self._bar[stage] = tqdm(total=total, desc=f"[demo] {stage}", unit=unit, file=sys.stderr,
+                                    unit_scale=True, dynamic_ncols=True)
+
+    def finish(self, stage: str) -> None:
+        bar = self._bar.pop(stage, None)
+        if bar is not None:
+            bar.close()
 
     def elapsed(self, stage: str) -> float:
         return time.perf_counter() - self._started.get(stage, time.perf_counter())
 
     def say(self, line: str) -> None:
-        if self._emit:
+        if self._bars:
+            tqdm.write(f"[demo] {line}", file=sys.stderr)
+        elif self._emit:
             self._emit(f"[demo] {line}")
 
     def tick(self, stage: str, done: int, total: int | None = None, extra: str = "", force: bool = False) -> None:
+        bar = self._bar.get(stage)
+        if bar is not None:
+            bar.update(done - bar.n)
+            if extra:
+                bar.set_postfix_str(extra, refresh=force)
+            return
         now = time.perf_counter()
         if not self._emit or (not force and now - self._last < 1.0):
             return
@@ -138,38 +169,18 @@ class Progress:
         self.say(f"{stage}: {done:,}{of} ({done / seconds:,.0f}/s){' ' + extra if extra else ''}")
 
 
-async def _retry(what: str, call: Callable[[], Any], report: LoadReport) -> Any:
-    """Await call() up to RETRIES times on transient errors; None after the last failure."""
-    for attempt in range(RETRIES):
-        try:
-            return await call()
-        except grpc.aio.AioRpcError as err:
-            if err.code() in _RETRYABLE and attempt + 1 < RETRIES:
-                await asyncio.sleep(0.5 * 2 ** attempt)
-                continue
-            report.error(f"{what}: {err.code().name}: {err.details()}")
-            return None
-    return None
+def demo_channel(address: str, auth_token: str = "") -> grpc.aio.Channel:
+    """A channel whose calls gRPC retries on transient failures (`RETRY_POLICY`)."""
+    return open_channel(address, auth_token=auth_token, options=CHANNEL_OPTIONS)
 
 
-async def wait_ready(channel: grpc.aio.Channel, seconds: float) -> None:
-    """Wait until the service behind `channel` reports SERVING (health), or raise TimeoutError."""
-    stub = health_pb2_grpc.HealthStub(channel)
-    deadline = time.monotonic() + seconds
-    last = "no answer"
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError(f"service not SERVING after {seconds:.0f}s ({last})")
-        try:
-            reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=min(remaining, 2.0),
-                                     wait_for_ready=True)
-            if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                return
-            last = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-        except grpc.aio.AioRpcError as err:
-            last = err.code().name
-        await asyncio.sleep(0.2)
+async def _call(what: str, call: Callable[[], Any], report: LoadReport) -> Any:
+    """Await call() (the channel retried it already); a failure goes to the report, None returned."""
+    try:
+        return await call()
+    except grpc.aio.AioRpcError as err:
+        report.error(f"{what}: {err.code().name}: {err.details()}")
+        return None
 
 
 def shard_function(n_shards: int) -> Callable[[str], int] | None:
@@ -255,7 +266,7 @@ async def load_demo(
     channels: list[grpc.aio.Channel] = []
 
     def channel(address: str) -> grpc.aio.Channel:
-        ch = open_channel(address, auth_token=auth_token)
+        ch = demo_channel(address, auth_token)
         channels.append(ch)
         return ch
 
@@ -268,7 +279,7 @@ async def load_demo(
             if recommendation_address else None
 
         prog.say(f"waiting for {len(channels)} service(s) to be ready")
-        await asyncio.gather(*(wait_ready(ch, ready_timeout) for ch in channels))
+        await asyncio.gather(*(wait_serving_async(ch, ready_timeout) for ch in channels))
 
         gen = HistoryGenerator(cfg)
         prog.say(f"demo store: {cfg.n_products:,} products, {cfg.n_shoppers:,} shoppers, {cfg.days} days "
@@ -311,10 +322,10 @@ def load_demo_sync(config: DemoConfig | None = None, **kwargs: Any) -> LoadRepor
 
 async def _load_products(gen: HistoryGenerator, recommend: Any, report: LoadReport, prog: Progress,
                          call_seconds: float) -> None:
-    prog.start("products")
+    prog.start("products", len(gen.catalog), "products")
     done = 0
     for batch in iter_product_batches(gen.catalog, PRODUCT_BATCH):
-        summary = await _retry(
+        summary = await _call(
             f"UpsertProducts (products {done}..{done + len(batch) - 1})",
             lambda b=batch: recommend.UpsertProducts(iter(b), timeout=call_seconds), report)
         done += len(batch)
@@ -326,16 +337,17 @@ async def _load_products(gen: HistoryGenerator, recommend: Any, report: LoadRepo
         prog.tick("products", done, len(gen.catalog))
     report.durations["products"] = prog.elapsed("products")
     prog.tick("products", done, len(gen.catalog), f"upserted {report.products_upserted:,}", force=True)
+    prog.finish("products")
 
 
 async def _load_segments(cfg: DemoConfig, stub: Any, report: LoadReport, prog: Progress) -> None:
     t0 = time.perf_counter()
     for segment in demo_segments():
-        reply = await _retry(f"PutSegment {segment.segment_id}", lambda s=segment: stub.PutSegment(
+        reply = await _call(f"PutSegment {segment.segment_id}", lambda s=segment: stub.PutSegment(
             segment_pb2.PutSegmentRequest(segment=s), timeout=CALL_TIMEOUT_S), report)
         report.segments += reply is not None
     for offer in demo_offers(cfg.end_ms):
-        reply = await _retry(f"PutOffer {offer.offer_id}", lambda o=offer: stub.PutOffer(
+        reply = await _call(f"PutOffer {offer.offer_id}", lambda o=offer: stub.PutOffer(
             segment_pb2.PutOfferRequest(offer=o), timeout=CALL_TIMEOUT_S), report)
         report.offers += reply is not None
     report.durations["segments"] = time.perf_counter() - t0
@@ -347,14 +359,14 @@ async def _load_events(cfg: DemoConfig, gen: HistoryGenerator, profile_stubs: li
                        batch_timeout: float, keep_sessions: bool,
                        identify_registered: bool,
                        generated: Callable[[list[list[str]]], None]) -> list[tuple[str, str]]:
-    prog.start("events")
+    prog.start("events", cfg.n_shoppers, "shoppers")
     identify_pairs: list[tuple[str, str]] = []
     sessions: list[list[str]] = []
     session_bytes = 0
     observe_since = cfg.end_ms - OBSERVE_VIEW_DAYS * DAY_MS
 
     async def track_batch(stub: Any, shard: int, batch: list[Any]) -> None:
-        summary = await _retry(f"TrackStream shard {shard} ({len(batch)} events from {batch[0].event_id})",
+        summary = await _call(f"TrackStream shard {shard} ({len(batch)} events from {batch[0].event_id})",
                                lambda: stub.TrackStream(iter(batch), timeout=batch_timeout), report)
         if summary is None:
             report.events_rejected += len(batch)
@@ -366,7 +378,7 @@ async def _load_events(cfg: DemoConfig, gen: HistoryGenerator, profile_stubs: li
             report.error(f"TrackStream: {message}")
 
     async def observe_batch(batch: list[Any]) -> None:
-        summary = await _retry(f"Observe ({len(batch)} events)",
+        summary = await _call(f"Observe ({len(batch)} events)",
                                lambda: recommend.Observe(iter(batch), timeout=batch_timeout), report)
         if summary is not None:
             report.observed += summary.observed
@@ -391,7 +403,7 @@ async def _load_events(cfg: DemoConfig, gen: HistoryGenerator, profile_stubs: li
         if recommend is not None and profile_stubs else None
 
     async def gateway_track(event: Any) -> None:
-        reply = await _retry(f"gateway Track {event.event_id}", lambda: gateway.Track(
+        reply = await _call(f"gateway Track {event.event_id}", lambda: gateway.Track(
             profile_pb2.TrackRequest(event=event), timeout=CALL_TIMEOUT_S), report)
         if reply is None:
             report.events_rejected += 1
@@ -426,8 +438,8 @@ async def _load_events(cfg: DemoConfig, gen: HistoryGenerator, profile_stubs: li
                     break
                 sessions.append(session.product_ids)
                 session_bytes += size
-        prog.tick("events", report.events, None,
-                  f"shoppers {report.shoppers:,}/{cfg.n_shoppers:,}, accepted {report.events_accepted:,}")
+        prog.tick("events", report.shoppers, cfg.n_shoppers,
+                  f"events {report.events:,}, accepted {report.events_accepted:,}")
         if report.shoppers % 256 == 0:
             await asyncio.sleep(0)  # let in-flight calls (and in-process servers) progress
     generated(sessions)
@@ -438,9 +450,10 @@ async def _load_events(cfg: DemoConfig, gen: HistoryGenerator, profile_stubs: li
     if gateway_tasks:
         await asyncio.gather(*gateway_tasks)
     report.durations["events"] = prog.elapsed("events")
-    prog.tick("events", report.events, None, f"accepted {report.events_accepted:,}, "
-              f"duplicates {report.events_duplicate:,}, rejected {report.events_rejected:,}, "
-              f"observed {report.observed:,}", force=True)
+    prog.tick("events", report.shoppers, cfg.n_shoppers, f"events {report.events:,}: accepted "
+              f"{report.events_accepted:,}, duplicates {report.events_duplicate:,}, rejected "
+              f"{report.events_rejected:,}, observed {report.observed:,}", force=True)
+    prog.finish("events")
     return identify_pairs
 
 
@@ -467,7 +480,7 @@ async def _identify(pairs: list[tuple[str, str]], profile_stubs: list[Any], gate
         request = profile_pb2.IdentifyRequest(anonymous_id=anonymous_id, customer_id=customer_id,
                                               traits={"source": "demo", "signup": "checkout"})
         async with sem:
-            reply = await _retry(f"Identify {anonymous_id} -> {customer_id}", lambda: call(request), report)
+            reply = await _call(f"Identify {anonymous_id} -> {customer_id}", lambda: call(request), report)
         if reply is not None:
             report.identified += 1
 

@@ -25,8 +25,9 @@ import math
 import random
 from collections.abc import Iterable, Iterator
 
+from scoring.units import DAY_MS, HOUR_MS, MINUTE_MS
 from vitrine.demo.catalog import Catalog, build_catalog, complement_indices
-from vitrine.demo.config import DAY_MS, HOUR_MS, MINUTE_MS, DemoConfig
+from vitrine.demo.config import DemoConfig
 from vitrine.demo.shoppers import CAMPAIGN_COUPONS, EMAIL_CAMPAIGNS, Shopper, id_width, iter_shoppers
 from vitrine.v1 import common_pb2
 

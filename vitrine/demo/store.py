@@ -6,7 +6,7 @@ a test keeps them in sync. Offer windows are relative to the demo's `now_ms`.
 
 from __future__ import annotations
 
-from vitrine.demo.config import DAY_MS
+from scoring.units import DAY_MS
 from vitrine.v1 import segment_pb2
 
 # (segment_id, name, description, rule, priority)
