@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import grpc
 
@@ -33,14 +34,25 @@ log = logging.getLogger(__name__)
 CONNECT_WAIT_S = 1.0
 
 
+@dataclasses.dataclass(frozen=True)
+class Backends:
+    """The backends the composer calls, when the caller provides them (e.g. in-process stubs of
+    services sharing this process) instead of the gateway opening channels to their addresses."""
+
+    profile_shards: Sequence[Any]  # one ProfileService stub per shard, in shard order
+    segments: Any                  # SegmentService stub
+    recommend: Any                 # RecommendService stub
+
+
 class GatewayService:
     name = "gateway"
     service_names: Sequence[str] = ("vitrine.v1.PersonalizationService",)
 
-    def __init__(self, config: GatewayConfig) -> None:
-        if not config.profile_shards:
+    def __init__(self, config: GatewayConfig, backends: Backends | None = None) -> None:
+        if not config.profile_shards and backends is None:
             raise ValueError("profile_addresses names no shard")
         self.config = config
+        self.backends = backends
         self.servicer = PersonalizationServicer()
         self.composer: Composer | None = None
         self.router: ProfileRouter | None = None
@@ -56,14 +68,20 @@ class GatewayService:
     async def start(self) -> None:
         config = self.config
         tls = config.backend_tls
-        self.router = ProfileRouter.open(config.profile_shards, config, tls=tls)
-        segmentation = channel_for(config.segmentation_address, config, tls=tls)
-        recommendation = channel_for(config.recommendation_address, config, tls=tls)
-        self._channels = [segmentation, recommendation]
-        recommend = recommend_pb2_grpc.RecommendServiceStub(recommendation)
+        segments: Any
+        recommend: Any
+        if self.backends is not None:
+            self.router = ProfileRouter(self.backends.profile_shards)
+            segments, recommend = self.backends.segments, self.backends.recommend
+        else:
+            self.router = ProfileRouter.open(config.profile_shards, config, tls=tls)
+            segmentation = channel_for(config.segmentation_address, config, tls=tls)
+            recommendation = channel_for(config.recommendation_address, config, tls=tls)
+            self._channels = [segmentation, recommendation]
+            segments = segment_pb2_grpc.SegmentServiceStub(segmentation)
+            recommend = recommend_pb2_grpc.RecommendServiceStub(recommendation)
         self.trending = TrendingCache(recommend, config.trending_refresh_seconds)
         self.observer = ObserveForwarder(recommend)
-        segments = segment_pb2_grpc.SegmentServiceStub(segmentation)
         self.experiments = ExperimentSlots(segments)
         self.exposures = ExposureLog(self.router)
         self.composer = Composer(self.router, segments, recommend, self.trending, self.observer,
