@@ -10,8 +10,9 @@ import grpc
 
 from services.common.config import load_config
 from services.common.server import run_service
-from services.segmentation.config import DEFAULT_PORT, SegmentationConfig
+from services.segmentation.config import DEFAULT_PORT, FOLLOW_BATCH_ITEMS, SegmentationConfig
 from services.segmentation.engine import SegmentEngine
+from services.segmentation.feed import ResultsFeed
 from services.segmentation.fields import warm_up
 from services.segmentation.results import ExperimentResults
 from services.segmentation.scan import ProfileScanner
@@ -31,6 +32,7 @@ class SegmentationService:
         self.engine: SegmentEngine | None = None
         self.scanner: ProfileScanner | None = None
         self.results: ExperimentResults | None = None
+        self.feed: ResultsFeed | None = None
         self._servicer: SegmentServicer | None = None
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
@@ -55,12 +57,17 @@ class SegmentationService:
         engine.experiment_deleted.append(forget)
         targets = config.profile_targets
         self.scanner = ProfileScanner(targets, config) if targets else None
+        if targets and config.follow_events:
+            self.feed = ResultsFeed(results, targets, config, FOLLOW_BATCH_ITEMS)
+            self.feed.start()
         assert self._servicer is not None
         self._servicer.engine = engine
         self._servicer.scanner = self.scanner
         self._servicer.results = results
 
     async def stop(self) -> None:
+        if self.feed is not None:
+            await self.feed.stop()
         if self.scanner is not None:
             await self.scanner.close()
         if self.results is not None:

@@ -94,6 +94,9 @@ class SegmentationConfig(ServerConfig):
     at_risk_quiet_days: int = dataclasses.field(
         default=AT_RISK_QUIET_DAYS, metadata={"help": "at_risk: days without a purchase"}
     )
+    follow_events: bool = dataclasses.field(
+        default=True, metadata={"help": "follow every profile shard's event log (FollowEvents) for experiment results"}
+    )
 
     @property
     def profile_targets(self) -> tuple[str, ...]:
