@@ -80,7 +80,7 @@ def one_run(scenario: Scenario, run: int, rng: np.random.Generator) -> Report:
     return build_report(counts)
 
 
-def simulate(scenario: Scenario, seed: int = 0, progress: Callable[[int], None] | None = None) -> Outcome:
+def simulate(scenario: Scenario, seed: int = 0, progress: Callable[[int], object] | None = None) -> Outcome:
     rng = np.random.default_rng(seed)
     conv = rev = srm = 0
     users_b = 0

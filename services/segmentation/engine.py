@@ -7,7 +7,6 @@ whole (copy on write), so a request always sees one consistent set of rules and 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import functools
 import logging
@@ -71,8 +70,8 @@ class _State:
 def _targeting(segment_ids: Sequence[str], rules: dict[str, ir.Expr]) -> ir.Expr:
     """True when one of the segments matches: a rule (the same expression, so the program computes
     it once) or a context family value. A segment that does not compile matches nobody."""
-    targets = [rules[i] if i in rules else _family_expr(i) for i in dict.fromkeys(segment_ids)]
-    targets = [t for t in targets if t is not None]
+    found = [rules[i] if i in rules else _family_expr(i) for i in dict.fromkeys(segment_ids)]
+    targets = [t for t in found if t is not None]
     if not targets:
         return ir.Const(VT.BOOL, False)
     return targets[0] if len(targets) == 1 else ir.Or(VT.BOOL, tuple(targets))
@@ -480,7 +479,7 @@ class SegmentEngine:
 
         sent = 0
         for source in sources:
-            async with contextlib.aclosing(source):
+            try:
                 chunk: list[common_pb2.Profile | bytes] = []
                 done = False
                 while not done:
@@ -490,12 +489,16 @@ class SegmentEngine:
                         done = True
                     if len(chunk) >= cfg.EXPORT_CHUNK_ROWS or (done and chunk):
                         rows, chunk = chunk, []
-                        # counted in a worker thread like EstimateSize's chunks (the kernel releases the GIL)
+                        # evaluated in a worker thread like EstimateSize's chunks (the kernel releases the GIL)
                         for member in await asyncio.to_thread(members, rows):
                             yield member
                             sent += 1
                             if limit and sent >= limit:
                                 return
+            finally:  # a limit reached or the caller gone: end the shard's scan now
+                close = getattr(source, "aclose", None)
+                if close is not None:
+                    await close()
 
 
 def _segment_known(segment_id: str, state: _State) -> bool:

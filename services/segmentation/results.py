@@ -61,7 +61,7 @@ class _Unit:
             self.variant_id.encode()
 
     @classmethod
-    def unpack(cls, raw: bytes) -> _Unit:
+    def unpack(cls, raw: bytes | memoryview) -> _Unit:
         first_ms, flags, revenue, clicks, atc = _UNIT.unpack_from(raw)
         return cls(bytes(raw[_UNIT.size:]).decode(), first_ms, flags, revenue, clicks, atc)
 

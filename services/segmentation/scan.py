@@ -25,7 +25,7 @@ class ProfileScanner:
         self._channels = [channel_for(a, config) for a in self.addresses]
         # ScanProfiles answered as raw bytes: ColumnExtractor's wire kernel reads them as they
         # are, without decoding a profile.
-        self._scans = [c.unary_stream(SCAN_METHOD,
+        self._scans: list[grpc.aio.UnaryStreamMultiCallable] = [c.unary_stream(SCAN_METHOD,
                                       request_serializer=profile_pb2.ScanProfilesRequest.SerializeToString,
                                       response_deserializer=None) for c in self._channels]
 
