@@ -17,6 +17,10 @@ def when(ms: int | float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(float(ms) / 1000.0))
 
 
+def day(ms: int | float | None) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(float(ms) / 1000.0)) if ms else ""
+
+
 def when_seconds(ms: int | float | None) -> str:
     if not ms:
         return ""
@@ -50,6 +54,6 @@ def percent(value: float | None) -> str:
 
 
 def install(env: jinja2.Environment) -> None:
-    filters: dict[str, Any] = {"when": when, "when_seconds": when_seconds, "ago": ago, "money": money,
+    filters: dict[str, Any] = {"when": when, "day": day, "when_seconds": when_seconds, "ago": ago, "money": money,
                                "strategy": strategy, "journey_kind": journey_kind, "percent": percent}
     env.filters.update(filters)

@@ -169,7 +169,8 @@ async def audience_csv(members: AsyncIterator[segment_pb2.AudienceMember]) -> As
 
 @action
 async def export_audience(request: Request, form: FormData) -> Response:
-    segment_id = form_text(form, "segment_id", MAX_QUERY_LENGTH)
+    # The rule editor's export button sends the typed rule (and maybe a segment id being edited).
+    segment_id = "" if form.get("export_rule") == "1" else form_text(form, "segment_id", MAX_QUERY_LENGTH)
     rule = form_text(form, "rule", MAX_RULE_LENGTH)
     consent = form.get("require_marketing_consent") == "on"
     exported = segment_pb2.ExportAudienceRequest(require_marketing_consent=consent)

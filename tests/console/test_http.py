@@ -4,6 +4,8 @@ audit log, every page, and what an operator sees when a backend is down."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import re
 from pathlib import Path
@@ -194,15 +196,28 @@ def test_rule_edits_are_saved_deleted_and_audited(client: TestClient) -> None:
     assert actions == [("segment.put", True), ("segment.put", False), ("segment.delete", True)]
 
 
-def test_audience_export_is_csv_or_a_clear_page(client: TestClient) -> None:
-    reply = client.post("/segments/audience.csv", data={"segment_id": "registered", "csrf_token": client.csrf})  # type: ignore[attr-defined]
-    if reply.status_code == 200:
-        lines = reply.text.splitlines()
-        assert lines[0].startswith("user_id,customer_id") and len(lines) > 1
-        assert "attachment" in reply.headers["content-disposition"]
-    else:  # ExportAudience not landed in the segmentation service yet
-        assert reply.status_code == 503 and "does not offer this yet" in reply.text
+def test_audience_exports_download_as_csv_and_are_audited(client: TestClient,
+                                                          demo_profiles: list[common_pb2.Profile]) -> None:
+    csrf = client.csrf  # type: ignore[attr-defined]
+    reply = client.post("/segments/audience.csv", data={"segment_id": "registered", "csrf_token": csrf})
+    assert reply.status_code == 200 and "attachment" in reply.headers["content-disposition"]
+    rows = list(csv.DictReader(io.StringIO(reply.text)))
+    registered = {p.user_id for p in demo_profiles if p.registered}
+    assert rows and {row["user_id"] for row in rows} <= registered | {p.customer_id for p in demo_profiles}
     assert audit_lines(client)[-1]["action"] == "audience.export"
+    # The rule editor's button exports the typed rule, only shoppers with marketing consent.
+    consenting = client.post("/segments/audience.csv", data={
+        "export_rule": "1", "segment_id": "typed-but-ignored", "rule": "visit_count >= 1",
+        "require_marketing_consent": "on", "csrf_token": csrf})
+    assert consenting.status_code == 200
+    marketing = {p.user_id for p in demo_profiles if p.consent.marketing}
+    exported = {row["user_id"] for row in csv.DictReader(io.StringIO(consenting.text))}
+    assert exported and exported <= marketing | {p.customer_id for p in demo_profiles}
+    entry = audit_lines(client)[-1]
+    assert entry["target"] == "visit_count >= 1" and entry["details"]["require_marketing_consent"] is True  # type: ignore[index]
+    bad = client.post("/segments/audience.csv", data={"export_rule": "1", "rule": "visit_count >=",
+                                                      "csrf_token": csrf})
+    assert bad.status_code == 400 and "Audience not exported" in bad.text
 
 
 def test_catalog_journeys_experiments_and_audit_pages(client: TestClient) -> None:
