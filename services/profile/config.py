@@ -47,6 +47,7 @@ DEFAULT_BATCH_MAX_EVENTS = 5000     # events per LMDB write transaction (group c
 STREAM_CHUNK_EVENTS = 256           # a TrackStream hands events to the writer in chunks of this size
 STREAM_CHUNKS_IN_FLIGHT = 16        # chunks of one stream waiting for their commit (backpressure)
 STREAM_MAX_ERRORS = 100             # error strings returned in a TrackSummary
+MAX_TRACK_BATCH = 1_000             # events in one TrackBatch request (one group commit)
 SCAN_CHUNK = 512                    # rows read per LMDB read transaction in ScanProfiles/ScanEvents
 PURGE_CHUNK_KEYS = 5_000            # keys visited per write transaction by the retention purge
 LOCAL_APPLY_MAX_EVENTS = 2          # group commits of at most this many events skip the writer process

@@ -315,6 +315,32 @@ class ProfileEngine:
         results = await asyncio.shield(self._submit_events([event]))
         return results[0]
 
+    async def track_batch(self, events: Sequence[common_pb2.Event]) -> StreamSummary:
+        """Validate up to MAX_TRACK_BATCH events and apply the good ones in one group commit;
+        returns once they are durable. Bad events are counted as rejected with their reason."""
+        if len(events) > C.MAX_TRACK_BATCH:
+            raise InvalidArgument(f"events: {len(events)} events in one TrackBatch; at most {C.MAX_TRACK_BATCH} "
+                                  "are allowed (split the batch)")
+        summary = StreamSummary()
+        good = [event for index, event in enumerate(events) if self._accept(event, index, summary)]
+        if good:
+            for result in await asyncio.shield(self._submit_events(good)):
+                if result.applied:
+                    summary.accepted += 1
+                else:
+                    summary.duplicates += 1
+        return summary
+
+    def _accept(self, event: common_pb2.Event, index: int, summary: StreamSummary) -> bool:
+        try:
+            self.validate(event)
+        except InvalidArgument as exc:
+            summary.rejected += 1
+            if len(summary.errors) < C.STREAM_MAX_ERRORS:
+                summary.errors.append(f"event {index} ({event.event_id[:C.MAX_ID_LENGTH]}): {exc.message}")
+            return False
+        return True
+
     async def track_stream(self, events: AsyncIterable[common_pb2.Event]) -> StreamSummary:
         """Validate and apply a stream of events in chunks; returns once every accepted event is
         durable. Bad events are counted as rejected with their reason; the good ones still apply."""
@@ -332,12 +358,7 @@ class ProfileEngine:
         index = -1
         async for event in events:
             index += 1
-            try:
-                self.validate(event)
-            except InvalidArgument as exc:
-                summary.rejected += 1
-                if len(summary.errors) < C.STREAM_MAX_ERRORS:
-                    summary.errors.append(f"event {index} ({event.event_id[:C.MAX_ID_LENGTH]}): {exc.message}")
+            if not self._accept(event, index, summary):
                 continue
             chunk.append(event)
             if len(chunk) >= C.STREAM_CHUNK_EVENTS:

@@ -26,6 +26,12 @@ class ProfileServicer(profile_pb2_grpc.ProfileServiceServicer):
         return profile_pb2.TrackSummary(accepted=summary.accepted, duplicates=summary.duplicates,
                                         rejected=summary.rejected, errors=summary.errors)
 
+    async def TrackBatch(self, request: profile_pb2.TrackBatchRequest, context: grpc.aio.ServicerContext
+                         ) -> profile_pb2.TrackSummary:
+        summary = await self.engine.track_batch(request.events)
+        return profile_pb2.TrackSummary(accepted=summary.accepted, duplicates=summary.duplicates,
+                                        rejected=summary.rejected, errors=summary.errors)
+
     async def FollowEvents(self, request: profile_pb2.FollowEventsRequest, context: grpc.aio.ServicerContext
                            ) -> AsyncIterator[profile_pb2.LoggedEvent]:
         items = self.engine.follow_events(request.from_seq, request.max_batch)

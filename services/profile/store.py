@@ -5,7 +5,7 @@ One LMDB environment under `<data_dir>/profile/` with named databases:
 | db          | key                                   | value                                   |
 |-------------|---------------------------------------|-----------------------------------------|
 | `profiles`  | user_id                               | StoredProfile (protobuf)                |
-| `events`    | user_id 0x00 ts_ms(8, BE) seq(8, BE)  | flags(1) + Event (protobuf, no user_id) |
+| `events`    | user_id 0x00 ts_ms(8, BE) seq(8, BE)  | flags(1) [+ Event, imported events only] |
 | `aliases`   | alias_id                              | target user_id                          |
 | `alias_rev` | target_id 0x00 alias_id               | empty                                   |
 | `idem`      | user_id 0x00 event_id                 | created, Unix seconds (4, BE)           |
@@ -23,6 +23,10 @@ purge deletes the log item of each event it purges and trims the head of the log
 `trim_log`), moving `log_start`. Imported events (ImportProfile, a shard move) take seqs but
 are not logged: the shard they came from logged them already.
 
+`events` is the per-shopper index of the log: the event itself is stored once, in its `log`
+item (the row's key ends with the seq), so a write dirties few pages of the random-order
+`events` tree; imported events, which have no log item, keep their payload in the row (as
+every row did before the feed existed, which is still read).
 A prefix scan `user_id 0x00` on `events` gives a shopper's log in time order; user ids
 never contain control characters, so the prefix is exact. Every key that names a user
 starts with its id (or, in `aliases`, is the alias id), so erasure is a handful of
@@ -61,6 +65,7 @@ _I64 = struct.Struct("<q")  # RFM bucket counts (RfmSketch.encode)
 SEP = b"\x00"
 DB_NAMES = (b"profiles", b"events", b"aliases", b"alias_rev", b"idem", b"meta", b"log", b"log_ids")
 IMPORT_MARKER = b"import:"
+FLAG_BYTES = (b"\x00", b"\x01")  # an `events` row's value: its flags byte alone
 
 
 @dataclasses.dataclass(frozen=True)
@@ -256,6 +261,14 @@ class LmdbProfileStore:
             if self.on_commit is not None:
                 self.on_commit(deltas)
 
+    def _event_at(self, txn: lmdb.Transaction, key: bytes, value: bytes) -> common_pb2.Event | None:
+        """The event an `events` row stands for: its payload is in the log item of its seq (the
+        key ends with it), or in the row itself for imported events (not on this shard's feed)."""
+        if len(value) > 1:
+            return common_pb2.Event.FromString(value[1:])
+        raw = txn.get(key[-8:], db=self.log)
+        return None if raw is None else profile_pb2.LoggedEvent.FromString(raw).event
+
     def _append_log(self, txn: lmdb.Transaction, seq: int, item: profile_pb2.LoggedEvent) -> None:
         txn.put(_SEQ.pack(seq), item.SerializeToString(), db=self.log, append=True)
 
@@ -312,8 +325,8 @@ class LmdbProfileStore:
                 sep = key.index(SEP)
                 ts = _TS_SEQ.unpack_from(key, sep + 1)[0]
                 if ts >= since_ms and (not until_ms or ts < until_ms):
-                    event = common_pb2.Event.FromString(value[1:])
-                    if not types or event.type in types:
+                    event = self._event_at(txn, key, value)
+                    if event is not None and (not types or event.type in types):
                         user = key[:sep].decode()
                         event.user_id = user
                         out.append(StoredEvent(user, value[0], event))
@@ -369,7 +382,9 @@ class LmdbProfileStore:
             for key, value in cursor:
                 if not key.startswith(prefix):
                     break
-                event = common_pb2.Event.FromString(value[1:])
+                event = self._event_at(txn, key, value)
+                if event is None:
+                    continue
                 event.user_id = user.decode()
                 out.append(StoredEvent(user.decode(), value[0], event))
                 if limit and len(out) >= limit:
@@ -465,7 +480,7 @@ class LmdbProfileStore:
                 original, event.user_id = event.user_id, ""  # the key names the user
                 body = event.SerializeToString()
                 event.user_id = original
-                put(user + SEP + pack(event.timestamp_ms, seq), bytes((flags,)) + body, db=events_db)
+                put(user + SEP + pack(event.timestamp_ms, seq), FLAG_BYTES[flags], db=events_db)
                 put(pack_seq(seq), logged_event_bytes(body, original, user, flags), db=log_db, append=True)
                 results.append(TrackResult(True, user.decode(), seq))
             changes = []
