@@ -6,6 +6,10 @@ variant; ExportAudience streams members with traits and consent."""
 from __future__ import annotations
 
 import contextlib
+import csv
+import dataclasses
+import io
+import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,6 +20,8 @@ import pytest
 from services.segmentation.app import build_service
 from services.segmentation.config import SegmentationConfig
 from tests.support import assert_status, channel_to, serving
+from vitrine.cli import build_parser
+from vitrine.commands import audience, experiments
 from vitrine.v1 import common_pb2 as c
 from vitrine.v1 import profile_pb2, profile_pb2_grpc, segment_pb2_grpc
 from vitrine.v1 import recommend_pb2 as r
@@ -27,9 +33,16 @@ profile_config = pytest.importorskip("services.profile.config")
 WAIT_S = 30.0
 
 
+@dataclasses.dataclass
+class Suite:
+    service: object
+    profiles: profile_pb2_grpc.ProfileServiceStub
+    segments: segment_pb2_grpc.SegmentServiceStub
+    address: str          # the segmentation server's
+
+
 @contextlib.asynccontextmanager
-async def suite(tmp_path: Path) -> AsyncIterator[tuple[object, profile_pb2_grpc.ProfileServiceStub,
-                                                       segment_pb2_grpc.SegmentServiceStub]]:
+async def suite(tmp_path: Path) -> AsyncIterator[Suite]:
     pcfg = profile_config.ProfileConfig(port=0, data_dir=str(tmp_path / "profile"), sync=False, map_size_mb=64,
                                         purge_interval_seconds=0)
     async with serving(profile_app.build_service(pcfg), pcfg) as profile, channel_to(profile) as pchan:
@@ -37,7 +50,8 @@ async def suite(tmp_path: Path) -> AsyncIterator[tuple[object, profile_pb2_grpc.
                                   scan_timeout_seconds=10.0)
         service = build_service(scfg)
         async with serving(service, scfg) as seg, channel_to(seg) as schan:
-            yield service, profile_pb2_grpc.ProfileServiceStub(pchan), segment_pb2_grpc.SegmentServiceStub(schan)
+            yield Suite(service, profile_pb2_grpc.ProfileServiceStub(pchan), segment_pb2_grpc.SegmentServiceStub(schan),
+                        seg.address)
 
 
 def now_ms() -> int:
@@ -72,7 +86,8 @@ class Shop:
 
 
 async def test_results_follow_the_event_log(tmp_path: Path) -> None:
-    async with suite(tmp_path) as (service, profiles, segments):
+    async with suite(tmp_path) as running:
+        service, profiles, segments = running.service, running.profiles, running.segments
         await segments.PutExperiment(s.PutExperimentRequest(experiment=s.Experiment(
             experiment_id="home", slot_id="home-top",
             variants=[s.Variant(variant_id="a", weight=1, strategy=r.TRENDING),
@@ -107,9 +122,18 @@ async def test_results_follow_the_event_log(tmp_path: Path) -> None:
         assert res.mixed_users == 0 and res.events_seen >= shop.last_seq
         assert 0.0 <= res.srm_p_value <= 1.0
 
+        # the CLI: `vitrine experiments list` and `results home` print tables of the same numbers
+        target = running.address
+        listed = await experiments._call(build_parser().parse_args(["experiments", "--address", target, "list"]))
+        assert "home" in listed and "home-top" in listed and "a:1 TRENDING" in listed
+        printed = await experiments._call(build_parser().parse_args(["experiments", "--address", target,
+                                                                     "results", "home"]))
+        assert f"a (control)  {by_id['a'].users}" in printed and "no sample ratio mismatch" in printed
+
 
 async def test_export_audience(tmp_path: Path) -> None:
-    async with suite(tmp_path) as (_, profiles, segments):
+    async with suite(tmp_path) as running:
+        profiles, segments = running.profiles, running.segments
         shop = Shop(profiles, segments)
         for i in range(30):
             await shop.track(f"v{i}", c.ADD_TO_CART, product_id="p-a", price=5.0)
@@ -142,6 +166,21 @@ async def test_export_audience(tmp_path: Path) -> None:
                             grpc.StatusCode.NOT_FOUND)
         await assert_status(_drain(segments.ExportAudience(s.ExportAudienceRequest(rule="true", limit=-1),
                                                            timeout=10)), grpc.StatusCode.INVALID_ARGUMENT)
+
+        # `vitrine audience export` writes the same members as CSV
+        out = io.StringIO()
+        args = build_parser().parse_args(["audience", "--address", running.address, "export", "--rule", rule,
+                                          "--marketing-only", "--traits", "email"])
+        assert await audience.export(args, out, progress=False) == len(consenting)
+        rows = list(csv.reader(io.StringIO(out.getvalue())))
+        assert rows[0] == ["user_id", "customer_id", "email"]
+        assert sorted(r[0] for r in rows[1:]) == sorted(m.user_id for m in consenting)
+        assert all(r[2] == f"{r[0]}@example.com" for r in rows[1:])
+        out = io.StringIO()
+        args = build_parser().parse_args(["audience", "--address", running.address, "export", "--segment", "guest",
+                                          "--limit", "2"])
+        assert await audience.export(args, out, progress=False) == 2
+        assert json.loads(list(csv.reader(io.StringIO(out.getvalue())))[1][2]) == {}
 
 
 async def _drain(call: object) -> None:
