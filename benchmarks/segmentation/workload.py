@@ -8,11 +8,11 @@ import random
 import numpy as np
 
 from scoring.rules import VT, ColumnBatch, CompiledRule
+from scoring.units import DAY_MS as DAY
 from vitrine.v1 import common_pb2 as c
 from vitrine.v1 import segment_pb2 as s
 
 NOW = 1_763_900_000_000
-DAY = 86_400_000
 CATEGORIES = [f"cat{i}" for i in range(30)] + ["running", "yoga", "shoes", "outdoor"]
 EVENTS = ["PAGE_VIEW", "PRODUCT_VIEW", "ADD_TO_CART", "PURCHASE", "SEARCH", "EMAIL_CLICK"]
 DEVICES = ["mobile", "tablet", "desktop"]

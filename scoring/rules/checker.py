@@ -9,6 +9,7 @@ from scoring.rules import nodes as n
 from scoring.rules.errors import RuleError
 from scoring.rules.ir import VT
 from scoring.rules.schema import FieldType, Schema
+from scoring.units import DAY_MS, HOUR_MS, MINUTE_MS
 
 SCALAR_VT = {
     FieldType.NUMBER: VT.NUMBER,
@@ -16,7 +17,7 @@ SCALAR_VT = {
     FieldType.STRING: VT.STRING,
     FieldType.BOOL: VT.BOOL,
 }
-SINCE_UNITS_MS = {"days_since": 86_400_000, "hours_since": 3_600_000, "minutes_since": 60_000}
+SINCE_UNITS_MS = {"days_since": DAY_MS, "hours_since": HOUR_MS, "minutes_since": MINUTE_MS}
 FUNCTIONS = ("events", *SINCE_UNITS_MS, "has", "size")
 MAX_LIST_ITEMS = 1000
 MAX_LIST_INDEX = 1000

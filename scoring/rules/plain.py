@@ -18,8 +18,8 @@ import numpy as np
 
 from scoring.rules.ir import VT, Access
 from scoring.rules.program import Program
+from scoring.units import DAY_MS
 
-DAY_MS = 86_400_000
 Getter = Callable[[Mapping[str, Any], int], Any]
 
 

@@ -13,8 +13,9 @@ from typing import Any
 
 from scoring.rules import nodes as n
 from scoring.rules.schema import FieldType, Schema
+from scoring.units import DAY_MS, HOUR_MS, MINUTE_MS
 
-UNITS_MS = {"days_since": 86_400_000, "hours_since": 3_600_000, "minutes_since": 60_000}
+UNITS_MS = {"days_since": DAY_MS, "hours_since": HOUR_MS, "minutes_since": MINUTE_MS}
 
 
 def _get(data: Mapping[str, Any], path: str) -> Any:
@@ -80,7 +81,7 @@ def interpret(tree: n.Node, data: Mapping[str, Any], schema: Schema, now_ms: int
             args = [*node.args, *(v for _, v in node.kwargs)]
             event = args[0].value.upper()  # type: ignore[attr-defined]
             days = int(args[1].value)  # type: ignore[attr-defined]
-            today = now_ms // 86_400_000
+            today = now_ms // DAY_MS
             total = 0
             for day, kind, count in data.get("daily_events") or ():
                 if kind == event and today - days < day <= today:

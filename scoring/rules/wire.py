@@ -72,6 +72,7 @@ from scoring.rules.wire_layout import (
     build_layout,
     fnv1a,
 )
+from scoring.units import DAY_MS
 
 __all__ = ["MALFORMED", "Read", "WireProgram", "build_layout", "fnv1a"]
 
@@ -552,7 +553,7 @@ class WireProgram:
     """A Program whose features are read from one serialized message; reads[i] fills slot i
     (program.numbers, then program.strings)."""
 
-    def __init__(self, program: Program, reads: Sequence[Read], day_ms: int = 86_400_000) -> None:
+    def __init__(self, program: Program, reads: Sequence[Read], day_ms: int = DAY_MS) -> None:
         width = len(program.numbers) + len(program.strings)
         if len(reads) != width:
             raise ValueError(f"expected {width} reads, one per feature slot, got {len(reads)}")

@@ -6,6 +6,7 @@ import math
 import uuid
 from collections.abc import Mapping
 
+from scoring.units import DAY_MS
 from services.common.errors import InvalidArgument
 from services.profile import config as C
 from vitrine.v1 import common_pb2
@@ -15,7 +16,6 @@ KNOWN_TYPES = frozenset(v for v in ET.values() if v != ET.EVENT_TYPE_UNSPECIFIED
 NEEDS_PRODUCT = frozenset({ET.PRODUCT_VIEW, ET.ADD_TO_CART, ET.REMOVE_FROM_CART, ET.PURCHASE})
 PURCHASE, SEARCH, CATEGORY_VIEW, COUPON_APPLIED = ET.PURCHASE, ET.SEARCH, ET.CATEGORY_VIEW, ET.COUPON_APPLIED
 TYPE_NAMES = {v: ET.Name(v) for v in KNOWN_TYPES}
-DAY_MS = 86_400_000
 
 _CONTEXT_STRINGS = ("device_type", "os", "browser", "country", "region", "city", "language", "currency",
                     "traffic_source", "ip_country")

@@ -31,10 +31,9 @@ from scoring.rules import (
     compile_rule,
 )
 from scoring.rules.wire import MALFORMED, Read, WireProgram
+from scoring.units import DAY_MS
 from services.segmentation.config import MAX_EVENT_DAYS
 from vitrine.v1 import common_pb2
-
-DAY_MS = 86_400_000
 
 _CONTEXT_FIELDS: dict[str, FieldType] = {
     "device_type": FieldType.STRING, "os": FieldType.STRING, "browser": FieldType.STRING,

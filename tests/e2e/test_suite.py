@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,7 +16,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from vitrine.supervisor import DEFAULT_PORTS, Suite, SuiteLayout, wait_serving
+from vitrine.health import wait_serving
+from vitrine.ports import free_ports
+from vitrine.supervisor import DEFAULT_PORTS, SERVICES, Suite, SuiteLayout, probe
 from vitrine.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, profile_pb2, recommend_pb2
 
 pytestmark = pytest.mark.slow
@@ -28,17 +29,6 @@ SERVICE_NAMES = {
     "segmentation": "vitrine.v1.SegmentService",
     "recommendation": "vitrine.v1.RecommendService",
 }
-
-
-def free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def layout_for(tmp_path: Path, shards: int = 1) -> SuiteLayout:
@@ -56,13 +46,17 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
     running = Suite(layout)
     running.start()
     try:
-        asyncio.run(load_demo(
+        report = asyncio.run(load_demo(
             DemoConfig(n_products=400, n_shoppers=150, seed=7),
             profile_addresses=layout.profile_addresses(),
             gateway_address=layout.address("gateway"),
             segmentation_address=layout.address("segmentation"),
             recommendation_address=layout.address("recommendation"),
         ))
+        # The store every test below reads must have loaded completely.
+        assert not report.errors, report.errors
+        assert report.events_accepted == report.events > 0 and report.events_rejected == 0
+        assert report.products_upserted == report.products and report.model_version
         yield running
     finally:
         running.stop()
@@ -82,6 +76,9 @@ def known_shopper(suite: Suite) -> str:
 def test_every_service_serves_health_and_reflection(suite: Suite) -> None:
     for child in suite.children:
         name = child.name.split("-")[0]
+        if child.health == "http":  # the console: an HTTP service with a /healthz page
+            assert probe(child), f"{child.name} does not answer {child.health_path}"
+            continue
         with grpc.insecure_channel(child.address) as channel:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=SERVICE_NAMES[name]), timeout=5)
@@ -142,16 +139,18 @@ def test_track_through_gateway_updates_profile_and_never_recommends_out_of_stock
 
 
 def test_vitrine_up_starts_everything_and_stops_on_sigterm(tmp_path: Path) -> None:
-    ports = free_ports(4)
-    flags = [f"--{name}-port={port}" for name, port in zip(DEFAULT_PORTS, ports, strict=True)]
+    ports = dict(zip(DEFAULT_PORTS, free_ports(len(DEFAULT_PORTS)), strict=True))
+    flags = [f"--{name}-port={port}" for name, port in ports.items()]
+    grpc_services = {spec.name for spec in SERVICES if spec.health == "grpc"}
     process = subprocess.Popen(
         [sys.executable, "-m", "vitrine", "up", "--no-demo", "--data-dir", str(tmp_path / "d"), *flags],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
         deadline = time.monotonic() + 120
-        for port in ports:
-            wait_serving(f"127.0.0.1:{port}", deadline, process)
+        for name, port in ports.items():
+            if name in grpc_services:
+                wait_serving(f"127.0.0.1:{port}", deadline, process)
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=60)
     finally:

@@ -48,14 +48,16 @@ def view(event_id: str, user_id: str, product_id: str = "p000007") -> profile_pb
         timestamp_ms=int(time.time() * 1000)))
 
 
-async def resolve_alias_available(suite: RealSuite) -> bool:
+async def require_alias_rpcs(suite: RealSuite) -> None:
+    """The shard router needs ResolveAlias and GetUserEvents: UNIMPLEMENTED is a failure, not a skip."""
     try:
         await suite.shard_stub(0).ResolveAlias(profile_pb2.ResolveAliasRequest(user_id="x"), timeout=5)
         await suite.shard_stub(0).GetUserEvents(profile_pb2.GetUserEventsRequest(user_id="x"), timeout=5).read()
     except grpc.aio.AioRpcError as err:
         if err.code() == grpc.StatusCode.UNIMPLEMENTED:
-            return False
-    return True
+            pytest.fail(f"the profile service answers UNIMPLEMENTED ({err.details()}): the shard router "
+                        "needs ResolveAlias and GetUserEvents (see services/gateway/README.md)")
+        # Any other answer (NOT_FOUND for the unknown "x") means the RPCs are there.
 
 
 async def test_each_shopper_lives_on_its_hashed_shard(sharded: RealSuite) -> None:
@@ -79,9 +81,7 @@ async def test_each_shopper_lives_on_its_hashed_shard(sharded: RealSuite) -> Non
 
 
 async def test_cross_shard_identify_and_erasure(sharded: RealSuite) -> None:
-    if not await resolve_alias_available(sharded):
-        pytest.skip("the profile service does not implement ResolveAlias/GetUserEvents yet "
-                    "(profile.proto additions for the shard router; see services/gateway/README.md)")
+    await require_alias_rpcs(sharded)
     anon = "anon-xs-1"
     customer = next(f"cust-xs-{i}" for i in range(100) if shard_of(f"cust-xs-{i}") != shard_of(anon))
     a, c = shard_of(anon), shard_of(customer)
@@ -159,8 +159,7 @@ async def test_personalize_through_the_sharded_router(sharded: RealSuite) -> Non
 
 async def test_loader_identified_shoppers_are_readable_by_both_ids(sharded: RealSuite) -> None:
     """The demo loader Identified its logged-in shoppers through this gateway."""
-    if not await resolve_alias_available(sharded):
-        pytest.skip("the profile service does not implement ResolveAlias yet")
+    await require_alias_rpcs(sharded)
     found = 0
     for shard in range(SHARDS):
         async for profile in sharded.shard_stub(shard).ScanProfiles(

@@ -10,6 +10,7 @@ import numpy as np
 from scoring.rules import ColumnBuilder, CompiledRule, FieldType, Schema, compile_program, compile_rule
 from scoring.rules.plain import features, getters_for
 from scoring.rules.reference import interpret
+from scoring.units import DAY_MS as DAY
 
 SCHEMA = Schema(
     fields={
@@ -32,7 +33,6 @@ SCHEMA = Schema(
     max_event_days=365,
 )
 NOW = 1_763_900_000_000  # 2025-11-23T12:13:20Z
-DAY = 86_400_000
 TODAY = NOW // DAY
 
 

@@ -6,14 +6,14 @@ import operator
 
 import pytest
 
+from scoring.units import DAY_MS as DAY
+from scoring.units import MINUTE_MS as MINUTE
 from services.segmentation import builtins
 from services.segmentation import config as cfg
 from services.segmentation.engine import SegmentEngine
 from vitrine.v1 import common_pb2 as c
 
 NOW = 1_763_900_000_000
-DAY = 86_400_000
-MINUTE = 60_000
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from scoring.units import DAY_MS as DAY
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from services.segmentation import builtins
 from services.segmentation import config as cfg
@@ -17,7 +18,6 @@ from vitrine.v1 import common_pb2 as c
 from vitrine.v1 import segment_pb2 as s
 
 NOW = 1_763_900_000_000
-DAY = 86_400_000
 
 
 def make_engine(tmp_path: Path | None = None) -> SegmentEngine:

@@ -13,13 +13,13 @@ from hypothesis import strategies as st
 from scoring.rules import VT, Access, FieldType, compile_program, compile_rule
 from scoring.rules.plain import features
 from scoring.rules.wire import MALFORMED
+from scoring.units import DAY_MS as DAY
 from services.segmentation.engine import count_matching
 from services.segmentation.fields import SCHEMA, FeatureReader, WireReader, reading_order
 from tests.segmentation.rules_support import message_matches
 from vitrine.v1 import common_pb2 as c
 
 NOW = 1_763_900_000_000
-DAY = 86_400_000
 TODAY = NOW // DAY
 EVENT_NAMES = {v.number: v.name for v in c.EventType.DESCRIPTOR.values}
 

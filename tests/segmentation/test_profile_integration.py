@@ -12,6 +12,7 @@ import grpc
 import pytest
 
 from scoring.rules import compile_rule
+from scoring.units import DAY_MS as DAY
 from services.segmentation.app import build_service
 from services.segmentation.config import SegmentationConfig
 from services.segmentation.fields import SCHEMA
@@ -23,7 +24,6 @@ from vitrine.v1 import profile_pb2, profile_pb2_grpc, segment_pb2, segment_pb2_g
 profile_app = pytest.importorskip("services.profile.app", reason="the profile service is not in the tree yet")
 profile_config = pytest.importorskip("services.profile.config")
 
-DAY = 86_400_000
 
 
 @contextlib.asynccontextmanager

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 from scoring.rules import VT, Access, compile_program, ir
 from scoring.rules.wire import Read, WireProgram, build_layout, fnv1a
+from scoring.units import DAY_MS
 
-DAY_MS = 86_400_000
 TODAY = 20_000
 NOW = TODAY * DAY_MS + 1_000
 
