@@ -95,6 +95,14 @@ async def call(backend: str, method: Callable[..., Awaitable[T]], request: Any,
         raise BackendError(backend, err.code(), err.details() or "") from err
 
 
+async def attempt(awaitable: Awaitable[T]) -> T | BackendError:
+    """The awaited value, or the BackendError it raised (for parts of a page gathered together)."""
+    try:
+        return await awaitable
+    except BackendError as err:
+        return err
+
+
 async def stream(backend: str, method: Callable[..., Any], request: Any, deadline_s: float) -> AsyncIterator[Any]:
     """The items of a server-streaming call; a failure (also mid-stream) raised as `BackendError`."""
     try:

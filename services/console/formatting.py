@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -38,7 +39,8 @@ def ago(ms: int | float | None, now_ms: float | None = None) -> str:
 
 
 def money(value: float | None) -> str:
-    return f"{float(value or 0.0):,.2f}"
+    number = float(value or 0.0)
+    return f"{number:,.2f}" if math.isfinite(number) else "—"
 
 
 def strategy(value: int) -> str:
@@ -50,7 +52,8 @@ def journey_kind(value: int) -> str:
 
 
 def percent(value: float | None) -> str:
-    return f"{100.0 * float(value or 0.0):.1f} %"
+    number = float(value or 0.0)
+    return f"{100.0 * number:.1f} %" if math.isfinite(number) else "—"  # NaN: no users yet
 
 
 def install(env: jinja2.Environment) -> None:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from services.console.backends import BackendError, Backends, call
+from services.console.backends import BackendError, Backends, attempt, call
 from services.console.config import AUDIT_PAGE_LINES, RESULTS_TIMEOUT_S, TRENDING_ITEMS, TRENDING_OOS_SCAN
 from services.console.web import console, render
 from vitrine.v1 import journey_pb2, recommend_pb2, segment_pb2
@@ -20,23 +21,20 @@ async def catalog_page(request: Request) -> Response:
     backends = console(request).clients
     notes: dict[str, str] = {}
     info, trending, popular = await asyncio.gather(
-        call("recommendation", backends.recommend.GetModelInfo, recommend_pb2.GetModelInfoRequest()),
-        call("recommendation", backends.recommend.Recommend, recommend_pb2.RecommendRequest(
-            strategy=recommend_pb2.TRENDING, k=TRENDING_ITEMS)),
+        attempt(call("recommendation", backends.recommend.GetModelInfo, recommend_pb2.GetModelInfoRequest())),
+        attempt(call("recommendation", backends.recommend.Recommend, recommend_pb2.RecommendRequest(
+            strategy=recommend_pb2.TRENDING, k=TRENDING_ITEMS))),
         # Trending with out-of-stock items allowed: the popular products that cannot be sold now.
-        call("recommendation", backends.recommend.Recommend, recommend_pb2.RecommendRequest(
+        attempt(call("recommendation", backends.recommend.Recommend, recommend_pb2.RecommendRequest(
             strategy=recommend_pb2.TRENDING, k=TRENDING_OOS_SCAN,
-            constraints=recommend_pb2.Constraints(include_out_of_stock=True))),
-        return_exceptions=True)
+            constraints=recommend_pb2.Constraints(include_out_of_stock=True)))))
     for name, value in (("model", info), ("trending", trending), ("out of stock", popular)):
         if isinstance(value, BackendError):
             notes[name] = str(value)
-        elif isinstance(value, BaseException):
-            raise value
-    out_of_stock = [] if isinstance(popular, BaseException) else [i for i in popular.items if i.stock <= 0]
+    out_of_stock = [] if isinstance(popular, BackendError) else [i for i in popular.items if i.stock <= 0]
     return render(request, "catalog.html", active="catalog", notes=notes,
-                  info=None if isinstance(info, BaseException) else info,
-                  trending=None if isinstance(trending, BaseException) else trending,
+                  info=None if isinstance(info, BackendError) else info,
+                  trending=None if isinstance(trending, BackendError) else trending,
                   out_of_stock=out_of_stock)
 
 
@@ -76,13 +74,16 @@ async def journeys_page(request: Request) -> Response:
     return render(request, "journeys.html", active="journeys", rows=rows, notes={})
 
 
+def _pct(value: float) -> float | None:
+    return round(100 * value, 3) if math.isfinite(value) else None  # NaN (no users) is a gap, not bad JSON
+
+
 def ci_chart(results: segment_pb2.ExperimentResults) -> dict[str, Any]:
     """Chart.js data for a variant comparison: conversion rate with its 95 % interval (floating bars)."""
     return {
         "labels": [v.variant_id for v in results.variants],
-        "rate": [round(100 * v.conversion_rate, 3) for v in results.variants],
-        "ci": [[round(100 * v.conversion_ci_low, 3), round(100 * v.conversion_ci_high, 3)]
-               for v in results.variants],
+        "rate": [_pct(v.conversion_rate) for v in results.variants],
+        "ci": [[_pct(v.conversion_ci_low), _pct(v.conversion_ci_high)] for v in results.variants],
     }
 
 

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from services.console.backends import BackendError, call, stream
+from services.console.backends import BackendError, attempt, call, stream
 from services.console.config import (
     ESTIMATE_TIMEOUT_S,
     EXPORT_TIMEOUT_S,
@@ -37,19 +37,15 @@ async def segments_page(request: Request) -> Response:
     segments: list[segment_pb2.Segment] = []
     offers: list[segment_pb2.Offer] = []
     listed, offered = await asyncio.gather(
-        call("segmentation", backends.segments.ListSegments, segment_pb2.ListSegmentsRequest(include_builtin=True)),
-        call("segmentation", backends.segments.ListOffers, segment_pb2.ListOffersRequest()),
-        return_exceptions=True)
+        attempt(call("segmentation", backends.segments.ListSegments,
+                     segment_pb2.ListSegmentsRequest(include_builtin=True))),
+        attempt(call("segmentation", backends.segments.ListOffers, segment_pb2.ListOffersRequest())))
     if isinstance(listed, BackendError):
         notes["segments"] = str(listed)
-    elif isinstance(listed, BaseException):
-        raise listed
     else:
         segments = list(listed.segments)
     if isinstance(offered, BackendError):
         notes["offers"] = str(offered)
-    elif isinstance(offered, BaseException):
-        raise offered
     else:
         offers = list(offered.offers)
     editing = request.query_params.get("edit", "")

@@ -10,14 +10,15 @@ import json
 import re
 from pathlib import Path
 
+import grpc
 import pytest
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from services.console.app import OPEN_PATHS, build_app
 from tests.console.conftest import PASSWORD, csrf_of, log_in
-from tests.console.suite import Backends, unused_address
-from vitrine.v1 import common_pb2
+from tests.console.suite import Backends, LoopThread, unused_address
+from vitrine.v1 import common_pb2, recommend_pb2, segment_pb2, segment_pb2_grpc
 
 
 def audit_lines(client: TestClient) -> list[dict[str, object]]:
@@ -262,3 +263,30 @@ def test_production_mode_needs_a_password(backends: Backends, tmp_path: Path) ->
     dev = build_app(backends.console_config(data_dir=str(tmp_path), password=""))
     with TestClient(dev, base_url="http://127.0.0.1") as client:
         assert "Development mode" in client.get("/login").text
+
+
+def test_experiments_page_and_the_shoppers_assignment(client: TestClient, loop_thread: LoopThread,
+                                                      backends: Backends,
+                                                      demo_profiles: list[common_pb2.Profile]) -> None:
+    experiment = segment_pb2.Experiment(
+        experiment_id="console-home-test", name="Home: trending vs for you", slot_id="trending",
+        variants=[segment_pb2.Variant(variant_id="control", weight=1, strategy=recommend_pb2.TRENDING),
+                  segment_pb2.Variant(variant_id="for-you", weight=1, strategy=recommend_pb2.FOR_YOU)])
+
+    async def segments(method: str, request: object) -> object:
+        async with grpc.aio.insecure_channel(backends.segmentation.address) as channel:
+            return await getattr(segment_pb2_grpc.SegmentServiceStub(channel), method)(request, timeout=5)
+
+    loop_thread.run(segments("PutExperiment", segment_pb2.PutExperimentRequest(experiment=experiment)))
+    try:
+        page = client.get("/experiments")
+        assert page.status_code == 200 and "console-home-test" in page.text and "Home: trending vs for you" in page.text
+        assert "conversion (95 % CI)" in page.text
+        chart = re.search(r'<script type="application/json" id="ci-1">(.*?)</script>', page.text, re.S)
+        assert chart and json.loads(chart.group(1))["labels"] == ["control", "for-you"]  # valid JSON, NaN-free
+        shopper = customer_with_alias(demo_profiles)
+        customer = client.get("/customers", params={"q": shopper.user_id}).text
+        assert re.search(r"<td>console-home-test</td><td>(control|for-you)</td><td>trending</td>", customer)
+    finally:
+        loop_thread.run(segments("DeleteExperiment",
+                                 segment_pb2.DeleteExperimentRequest(experiment_id="console-home-test")))
