@@ -6,6 +6,7 @@ import dataclasses
 from typing import Any
 
 from scoring.index import DEFAULT_EF_CONSTRUCTION, DEFAULT_EF_SEARCH, DEFAULT_FLAT_MAX_ITEMS, DEFAULT_HNSW_M, IVF
+from scoring.list_rank import ListWeights
 from services.common.config import ServerConfig
 
 SERVICE = "recommendation"
@@ -52,6 +53,13 @@ MAX_CANDIDATES = 20_000           # never retrieve more than this per request
 TRENDING_POOL = 2_000             # trending items kept ranked for fallbacks
 UPSELL_SCAN_MAX = 50_000          # up-sell scores a whole category up to this size, else uses the index
 TOGETHER_SCORE_BASE = 1.0         # co-occurrence scores are 1 + w / max w: above any cosine
+# Rank (first stage): weights of the caller's order, session neighbours, shopper-vector similarity and
+# popularity (scoring.list_rank); an item counts as moved by the shopper ("based on your recent
+# activity") with a session score or at least this cosine to the shopper vector
+RANK_WEIGHTS = ListWeights(order=1.0, session=1.0, vector=0.5, popularity=0.25)
+RANK_PERSONAL_MIN_SIMILARITY = 0.5
+RANK_CATEGORY_WEIGHT = 0.3        # score += this x affinity / max affinity (FOR_YOU's 0.1 is too weak
+#                                   against the caller's order, which spans 0..1)
 # Trending
 TRENDING_REFRESH_MS = 1_000       # large catalogs: trending may be this stale (refreshed in the background)
 TRENDING_INLINE_MAX_ITEMS = 20_000   # up to this many products, a request re-ranks trending itself when a count

@@ -51,6 +51,8 @@ from services.recommendation.config import (
 )
 from services.recommendation.engine import Query, Recommender, Result
 from services.recommendation.model import Model, ModelStore, assemble, new_version
+from services.recommendation.query import RankQuery
+from services.recommendation.rank import ListRanker
 from services.recommendation.signals import SNAPSHOT_FILE, WEIGHTS, ObserveResult, Signals
 from services.recommendation.training import SESSION_EVENT_TYPES, Trained, sessions_from_events, train_model
 from vitrine.v1 import common_pb2, profile_pb2, profile_pb2_grpc, recommend_pb2
@@ -119,6 +121,7 @@ class RecommendationService:
         self.models = ModelStore(self.directory / "models")
         self.recommender = Recommender(self.catalog, self.signals, candidate_multiplier=config.candidate_multiplier,
                                        budget_tolerance=config.budget_tolerance)
+        self.list_ranker = ListRanker(self.recommender)   # Rank; its `scorer` is the pluggable stage
         self.index_params = IndexParams(flat_max_items=config.flat_index_max_items, kind=config.index_kind,
                                         nlist=config.ivf_nlist, hnsw_m=config.hnsw_m,
                                         ef_construction=config.hnsw_ef_construction,
@@ -293,6 +296,9 @@ class RecommendationService:
     # -- recommend ---------------------------------------------------------------------------
     def recommend(self, query: Query) -> Result:
         return self.recommender.recommend(query)
+
+    def rank(self, query: RankQuery) -> Result:
+        return self.list_ranker.rank(query)
 
     def recommend_many(self, queries: Sequence[Query],
                        expired: Callable[[], bool] | None = None) -> list[Result | VitrineError]:

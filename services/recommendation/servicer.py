@@ -9,6 +9,7 @@ import grpc
 from services.common.errors import VitrineError
 from services.recommendation.catalog import StockChange
 from services.recommendation.engine import Query, Result, Rules, Shopper
+from services.recommendation.query import RankQuery
 from services.recommendation.service import RecommendationService, Summary, TrainSpec
 from vitrine.v1 import common_pb2, recommend_pb2, recommend_pb2_grpc
 
@@ -17,22 +18,33 @@ def _summary(summary: Summary) -> recommend_pb2.UpsertSummary:
     return recommend_pb2.UpsertSummary(upserted=summary.upserted, rejected=summary.rejected, errors=summary.errors)
 
 
+def _shopper(u: recommend_pb2.UserSignals) -> Shopper:
+    return Shopper(user_id=u.user_id, recent=tuple(u.recent_product_ids), purchased=tuple(u.purchased_product_ids),
+                   affinity=dict(u.category_affinity), budget=u.budget, recent_counts=tuple(u.recent_view_counts))
+
+
+def _rules(c: recommend_pb2.Constraints) -> Rules:
+    return Rules(include_out_of_stock=c.include_out_of_stock, max_price=c.max_price, min_price=c.min_price,
+                 exclude_ids=tuple(c.exclude_product_ids), include_categories=tuple(c.include_categories),
+                 exclude_categories=tuple(c.exclude_categories), max_per_category=c.max_per_category,
+                 exclude_purchased=c.exclude_purchased)
+
+
 def query_from_proto(request: recommend_pb2.RecommendRequest) -> Query:
-    u, c = request.user, request.constraints
     return Query(
         strategy=recommend_pb2.Strategy.Name(request.strategy) if request.strategy in
         recommend_pb2.Strategy.values() else "STRATEGY_UNSPECIFIED",
         k=request.k,
         anchor=request.product_id,
         cart=tuple(request.cart_product_ids),
-        shopper=Shopper(user_id=u.user_id, recent=tuple(u.recent_product_ids),
-                        purchased=tuple(u.purchased_product_ids), affinity=dict(u.category_affinity),
-                        budget=u.budget),
-        rules=Rules(include_out_of_stock=c.include_out_of_stock, max_price=c.max_price, min_price=c.min_price,
-                    exclude_ids=tuple(c.exclude_product_ids), include_categories=tuple(c.include_categories),
-                    exclude_categories=tuple(c.exclude_categories), max_per_category=c.max_per_category,
-                    exclude_purchased=c.exclude_purchased),
+        shopper=_shopper(request.user),
+        rules=_rules(request.constraints),
     )
+
+
+def rank_query_from_proto(request: recommend_pb2.RankRequest) -> RankQuery:
+    return RankQuery(product_ids=tuple(request.product_ids), k=request.k, shopper=_shopper(request.user),
+                     rules=_rules(request.constraints))
 
 
 def response_from_result(result: Result) -> recommend_pb2.RecommendResponse:
@@ -40,7 +52,8 @@ def response_from_result(result: Result) -> recommend_pb2.RecommendResponse:
         items=[recommend_pb2.ScoredProduct(product_id=i.product_id, score=i.score, title=i.title,
                                            category=i.category, price=i.price, reason=i.reason,
                                            stock=i.stock, brand=i.brand) for i in result.items],
-        strategy_used=result.strategy_used, fallback=result.fallback, model_version=result.model_version)
+        strategy_used=result.strategy_used, fallback=result.fallback, model_version=result.model_version,
+        unknown_products=result.unknown_products)
 
 
 def _batch_result(outcome: Result | VitrineError) -> recommend_pb2.RecommendResult:
@@ -87,6 +100,10 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
     async def Recommend(self, request: recommend_pb2.RecommendRequest,
                         context: grpc.aio.ServicerContext) -> recommend_pb2.RecommendResponse:
         return response_from_result(self.service.recommend(query_from_proto(request)))
+
+    async def Rank(self, request: recommend_pb2.RankRequest,
+                   context: grpc.aio.ServicerContext) -> recommend_pb2.RecommendResponse:
+        return response_from_result(self.service.rank(rank_query_from_proto(request)))
 
     async def RecommendBatch(self, request: recommend_pb2.RecommendBatchRequest,
                              context: grpc.aio.ServicerContext) -> recommend_pb2.RecommendBatchResponse:
