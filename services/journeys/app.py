@@ -1,0 +1,80 @@
+"""Journeys service: build from config, run until SIGTERM (`python -m services.journeys`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import grpc
+
+from services.common.config import load_config
+from services.common.server import run_service
+from services.journeys.backends import GrpcBackends
+from services.journeys.config import DAY_MS, DEFAULT_PORT, HOUR_MS, SERVICE_NAME, JourneysConfig
+from services.journeys.engine import Clock, JourneyEngine, wall_clock_ms
+from services.journeys.following import Feeds
+from services.journeys.sending import Backends, SendSettings
+from services.journeys.servicer import JourneyServicer
+from services.journeys.store import JourneyStore
+from services.journeys.webhook import WebhookDelivery
+from vitrine.v1 import journey_pb2, journey_pb2_grpc
+
+
+def send_settings(config: JourneysConfig) -> SendSettings:
+    return SendSettings(
+        store_timezone=config.store_timezone, quiet_start_hour=config.quiet_start_hour,
+        quiet_end_hour=config.quiet_end_hour, frequency_cap=config.frequency_cap,
+        frequency_window_ms=int(config.frequency_window_hours * HOUR_MS),
+        attribution_ms=int(config.attribution_days * DAY_MS),
+        visibility_ms=int(config.visibility_timeout_seconds * 1000))
+
+
+class JourneysService:
+    """The Service object the scaffolding runs: opens the store and starts the feeds, the timer
+    loop and the webhook on start; stops them and closes the store on stop. Tests may pass other
+    backends and a controllable clock."""
+
+    name = SERVICE_NAME
+    service_names = (journey_pb2.DESCRIPTOR.services_by_name["JourneyService"].full_name,)
+
+    def __init__(self, config: JourneysConfig, *, backends: Backends | None = None,
+                 clock: Clock = wall_clock_ms) -> None:
+        self.config = config
+        self.store = JourneyStore(Path(config.data_dir) / SERVICE_NAME, map_size_mb=config.map_size_mb,
+                                  sync=config.sync)
+        self._grpc_backends = GrpcBackends(config) if backends is None else None
+        self.engine = JourneyEngine(self.store, backends or self._grpc_backends,  # type: ignore[arg-type]
+                                    send_settings(config), clock=clock)
+        self.feeds = Feeds(self.engine, config) if config.follow_feeds else None
+        self.webhook = WebhookDelivery(self.engine, config.webhook_url, config.webhook_secret) \
+            if config.webhook_url else None
+
+    def add_to_server(self, server: grpc.aio.Server) -> None:
+        journey_pb2_grpc.add_JourneyServiceServicer_to_server(JourneyServicer(self.engine), server)
+
+    async def start(self) -> None:
+        await self.engine.start()
+        if self.feeds is not None:
+            self.feeds.start()
+        if self.webhook is not None:
+            self.webhook.start()
+
+    async def stop(self) -> None:
+        if self.feeds is not None:
+            await self.feeds.stop()
+        if self.webhook is not None:
+            await self.webhook.stop()
+        await self.engine.stop()
+        if self._grpc_backends is not None:
+            await self._grpc_backends.close()
+        self.store.close()
+
+
+def build_service(config: JourneysConfig) -> JourneysService:
+    return JourneysService(config)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    config = load_config(JourneysConfig, SERVICE_NAME, argv, defaults={"port": DEFAULT_PORT},
+                         description="Vitrine journeys service: triggered messages from the event feed")
+    run_service(config, build_service(config))

@@ -1,0 +1,80 @@
+"""The journeys service follows every profile shard's event feed and the catalog feed through the
+shared follower (services/common/follow.py). Each handler applies a batch and its cursor in one
+LMDB transaction (feed.py), so a restart resumes exactly after the last committed batch."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+from services.common.channel import channel_for
+from services.common.follow import FatalFollowError, Follower
+from services.journeys import config as C
+from services.journeys.config import JourneysConfig
+from services.journeys.engine import JourneyEngine
+from vitrine.v1 import profile_pb2, profile_pb2_grpc, recommend_pb2, recommend_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+
+class _Cursor:
+    def __init__(self, load: Callable[[], int]) -> None:
+        self.load = load
+
+
+def _event_time(item: profile_pb2.LoggedEvent) -> int:
+    return item.event.timestamp_ms if item.HasField("event") else 0
+
+
+class Feeds:
+    def __init__(self, engine: JourneyEngine, config: JourneysConfig) -> None:
+        self._channels = []
+        self.event_followers: list[Follower[profile_pb2.LoggedEvent]] = []
+        for source, address in enumerate(config.profile_targets()):
+            channel = channel_for(address, config)
+            self._channels.append(channel)
+            stub = profile_pb2_grpc.ProfileServiceStub(channel)
+
+            def open_events(seq: int, stub: profile_pb2_grpc.ProfileServiceStub = stub) -> object:
+                return stub.FollowEvents(profile_pb2.FollowEventsRequest(from_seq=seq, max_batch=C.FEED_BATCH))
+
+            def apply(items: Sequence[profile_pb2.LoggedEvent], source: int = source) -> None:
+                engine.apply_events(items, source)
+
+            def load(source: int = source) -> int:
+                return engine.events_cursor(source)
+
+            self.event_followers.append(Follower(
+                f"journeys-events-{source}", open_events,
+                _Cursor(load),
+                on_batch=apply, time_of=_event_time, max_batch=C.FEED_BATCH))
+        channel = channel_for(config.recommendation_address, config)
+        self._channels.append(channel)
+        catalog = recommend_pb2_grpc.RecommendServiceStub(channel)
+
+        def apply_catalog(items: Sequence[recommend_pb2.CatalogChange]) -> None:
+            engine.apply_catalog(items)
+
+        def open_catalog(seq: int) -> object:
+            return catalog.FollowCatalog(recommend_pb2.FollowCatalogRequest(from_seq=seq))
+
+        self.catalog_follower: Follower[recommend_pb2.CatalogChange] = Follower(
+            "journeys-catalog", open_catalog, _Cursor(engine.catalog_cursor), on_batch=apply_catalog,
+            time_of=lambda change: change.changed_ms, max_batch=C.FEED_BATCH)
+
+    @property
+    def followers(self) -> list[Follower[profile_pb2.LoggedEvent] | Follower[recommend_pb2.CatalogChange]]:
+        return [*self.event_followers, self.catalog_follower]
+
+    def start(self) -> None:
+        for follower in self.followers:
+            follower.start()
+
+    async def stop(self) -> None:
+        for follower in self.followers:
+            try:
+                await follower.stop()
+            except FatalFollowError as exc:   # logged by the follower when it stopped
+                log.warning("journeys feed had stopped: %s", exc)
+        for channel in self._channels:
+            await channel.close()
