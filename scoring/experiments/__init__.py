@@ -2,7 +2,10 @@
 
 from scoring.experiments.assign import (
     HASH_BUCKETS,
+    SeedTable,
+    assign_variants,
     bucket_ranges,
+    bucket_table,
     choose_variation,
     fnv1a32,
     gb_hash,
@@ -10,5 +13,5 @@ from scoring.experiments.assign import (
     hash_buckets_reference,
 )
 
-__all__ = ["HASH_BUCKETS", "bucket_ranges", "choose_variation", "fnv1a32", "gb_hash", "hash_buckets",
-           "hash_buckets_reference"]
+__all__ = ["HASH_BUCKETS", "SeedTable", "assign_variants", "bucket_ranges", "bucket_table", "choose_variation",
+           "fnv1a32", "gb_hash", "hash_buckets", "hash_buckets_reference"]

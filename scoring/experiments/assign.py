@@ -109,14 +109,38 @@ def _hash_buckets(unit: np.ndarray, seeds: np.ndarray, seed_ends: np.ndarray) ->
     return out
 
 
-class SeedTable:
-    """The seeds of a fixed list of experiments, packed once for the kernel."""
+@njit(types.int8[:](types.uint32[:], types.uint32[:], types.int64[:], types.int8[:, :]), cache=True, nogil=True)
+def _variants(unit: np.ndarray, seeds: np.ndarray, seed_ends: np.ndarray,
+              tables: np.ndarray) -> np.ndarray:  # pragma: no cover - compiled
+    buckets = _hash_buckets(unit, seeds, seed_ends)
+    out = np.empty(buckets.size, np.int8)
+    for e in range(buckets.size):
+        out[e] = tables[e, buckets[e]]
+    return out
 
-    def __init__(self, seeds: Sequence[str]) -> None:
+
+def bucket_table(ranges: Sequence[tuple[float, float]]) -> np.ndarray:
+    """choose_variation(b / 10000, ranges) for every bucket b: the kernel looks the variant up
+    instead of comparing floats, with the very comparisons GrowthBook makes done once here."""
+    table = np.empty(HASH_BUCKETS, np.int8)
+    for b in range(HASH_BUCKETS):
+        table[b] = choose_variation(b / HASH_BUCKETS, ranges)
+    return table
+
+
+class SeedTable:
+    """The seeds of a fixed list of experiments, packed once for the kernel, and (given their
+    bucket ranges) each experiment's bucket -> variant table."""
+
+    def __init__(self, seeds: Sequence[str], ranges: Sequence[Sequence[tuple[float, float]]] | None = None) -> None:
         self.seeds = tuple(seeds)
         parts = [code_points(s) for s in self.seeds]
         self.points = np.concatenate(parts) if parts else np.zeros(0, np.uint32)
         self.ends = np.cumsum([p.size for p in parts], dtype=np.int64) if parts else np.zeros(0, np.int64)
+        self.tables = (np.stack([bucket_table(r) for r in ranges]) if ranges
+                       else np.zeros((0, HASH_BUCKETS), np.int8))
+        if ranges is not None and len(ranges) != len(self.seeds):
+            raise ValueError("one list of ranges per seed")
 
 
 def hash_buckets(table: SeedTable, unit_id: str) -> np.ndarray:
@@ -124,6 +148,13 @@ def hash_buckets(table: SeedTable, unit_id: str) -> np.ndarray:
     if table.ends.size == 0:
         return np.zeros(0, np.int32)
     return _hash_buckets(code_points(unit_id), table.points, table.ends)
+
+
+def assign_variants(table: SeedTable, unit_id: str) -> np.ndarray:
+    """Variant index of `unit_id` in every experiment of `table` (-1: in no range), one kernel call."""
+    if table.ends.size == 0:
+        return np.zeros(0, np.int8)
+    return _variants(code_points(unit_id), table.points, table.ends, table.tables)
 
 
 def hash_buckets_reference(seeds: Sequence[str], unit_id: str) -> list[int]:

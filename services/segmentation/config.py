@@ -69,6 +69,7 @@ MAX_VARIANT_WEIGHT = 1_000_000        # weights are relative integers > 0
 MAX_VARIANT_K = 100                   # the gateway's MAX_K: items per placement
 MAX_EXPERIMENT_SEGMENTS = 50          # segment_ids of one experiment (any of)
 MAX_HASH_SEED_CHARS = 64
+ASSIGNMENT_CACHE_SIZE = 16_384        # recent shoppers whose variants Evaluate keeps (saves ~3 us of hashing a call)
 SRM_P_THRESHOLD = 0.001               # srm_detected below this p-value (GrowthBook's default)
 RESULTS_CONFIDENCE = 0.95             # every interval of GetExperimentResults
 RESULTS_MAP_SIZE = 4 << 30            # bytes reserved (sparse) for the results' LMDB (one record per exposed shopper)

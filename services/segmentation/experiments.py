@@ -12,9 +12,17 @@ its variant. See the README for the one case this cannot cover.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Collection, Iterable
 
-from scoring.experiments.assign import HASH_BUCKETS, SeedTable, bucket_ranges, choose_variation, hash_buckets
+from scoring.experiments.assign import (
+    HASH_BUCKETS,
+    SeedTable,
+    assign_variants,
+    bucket_ranges,
+    choose_variation,
+    hash_buckets,
+)
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.segmentation import config as cfg
 from vitrine.v1 import common_pb2, recommend_pb2, segment_pb2
@@ -102,7 +110,13 @@ class ExperimentSet:
         ordered = sorted(experiments, key=lambda e: e.experiment_id)
         self.by_id = {e.experiment_id: e for e in ordered}
         self._compiled = tuple(self._compile(e) for e in ordered)
-        self._seeds = SeedTable([e.hash_seed or e.experiment_id for e in ordered])
+        self._seeds = SeedTable([e.hash_seed or e.experiment_id for e in ordered], [c.ranges for c in self._compiled])
+        # A shopper asks for page after page: keep the variants of recent ids (the set is immutable,
+        # so an entry never goes stale; a changed set is a new object with an empty cache).
+        self._variants = functools.lru_cache(maxsize=cfg.ASSIGNMENT_CACHE_SIZE)(self._hash)
+
+    def _hash(self, unit_id: str) -> list[int]:
+        return assign_variants(self._seeds, unit_id).tolist()  # type: ignore[no-any-return]
 
     @staticmethod
     def _compile(e: segment_pb2.Experiment) -> _Compiled:
@@ -124,13 +138,12 @@ class ExperimentSet:
                 and (not c.segments or not c.segments.isdisjoint(segment_ids))]
         if not live:
             return []
-        buckets = hash_buckets(self._seeds, unit_id)
+        variants = self._variants(unit_id)
         out = []
         for i in live:
-            c = self._compiled[i]
-            variant = choose_variation(int(buckets[i]) / HASH_BUCKETS, c.ranges)
+            variant = variants[i]
             if variant >= 0:
-                out.append(c.assignments[variant])
+                out.append(self._compiled[i].assignments[variant])
         return out
 
     def variant_of(self, experiment_id: str, unit_id: str) -> str:

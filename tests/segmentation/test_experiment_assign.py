@@ -14,6 +14,7 @@ from scipy import stats
 from scoring.experiments.assign import (
     HASH_BUCKETS,
     SeedTable,
+    assign_variants,
     bucket_ranges,
     choose_variation,
     gb_hash,
@@ -65,6 +66,19 @@ def test_kernel_agrees_with_reference() -> None:
         assert hash_buckets(SeedTable(seeds), unit).tolist() == hash_buckets_reference(seeds, unit)
     # and both are GrowthBook's v2 hash
     assert hash_buckets(SeedTable(["seed"]), "a")[0] / HASH_BUCKETS == gb_hash("seed", "a", 2)
+
+
+def test_variant_kernel_agrees_with_growthbook_reference() -> None:
+    """The kernel's bucket -> variant tables give exactly chooseVariation(gbhash(seed, id, 2), ranges)."""
+    rng = random.Random(9)
+    for _ in range(60):
+        seeds = [_random_text(rng, rng.randint(1, 12)) for _ in range(rng.randint(1, 5))]
+        ranges = [bucket_ranges([rng.randint(1, 9) for _ in range(rng.randint(2, 5))]) for _ in seeds]
+        table = SeedTable(seeds, ranges)
+        for _ in range(50):
+            unit = _random_text(rng, rng.randint(1, 30))
+            expected = [choose_variation(gb_hash(seed, unit, 2), r) for seed, r in zip(seeds, ranges, strict=True)]
+            assert assign_variants(table, unit).tolist() == expected
 
 
 def experiment(weights: list[int], **fields: object) -> s.Experiment:
