@@ -112,7 +112,12 @@ class _UnaryCall:
             if timeout is None:
                 return await self._behavior(request, context)
             async with asyncio.timeout(timeout):
-                return await self._behavior(request, context)
+                response = await self._behavior(request, context)
+            # A servicer that computes without awaiting cannot be interrupted; an answer that comes
+            # after the deadline is discarded, as a stub discards it.
+            if context.time_remaining() == 0.0:
+                raise TimeoutError
+            return response
         except TimeoutError:
             raise rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, f"{self._method}: deadline exceeded") from None
         except _Aborted as aborted:

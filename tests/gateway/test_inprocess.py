@@ -43,6 +43,8 @@ class Misbehaving(profile_pb2_grpc.ProfileServiceServicer):
                 await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "erase it first")
             case "hang":
                 await asyncio.Event().wait()
+            case "block":  # computes past the deadline without awaiting: cannot be interrupted
+                time.sleep(0.4)  # noqa: ASYNC251 - the point of the case
             case "remaining":
                 return common_pb2.Profile(user_id=f"{context.time_remaining():.3f}")
         return common_pb2.Profile(user_id=request.user_id)
@@ -79,6 +81,7 @@ async def misbehaving() -> AsyncIterator[tuple[InProcessStub, profile_pb2_grpc.P
     ("domain", grpc.StatusCode.NOT_FOUND),
     ("abort", grpc.StatusCode.FAILED_PRECONDITION),
     ("hang", grpc.StatusCode.DEADLINE_EXCEEDED),
+    ("block", grpc.StatusCode.DEADLINE_EXCEEDED),  # the late answer is discarded, as a stub discards it
 ])
 async def test_in_process_calls_fail_as_the_grpc_stub_does(misbehaving: tuple[Any, Any], user_id: str,
                                                            code: grpc.StatusCode) -> None:
