@@ -51,4 +51,4 @@ evaluate: $(GEN_STAMP)
 	$(VENV)/bin/vitrine evaluate
 
 clean:
-	rm -rf $(VENV) build *.egg-info $(GEN_STAMP) vitrine/v1/*_pb2*.py vitrine/v1/*_pb2.pyi
+	rm -rf $(VENV) build *.egg-info $(GEN_STAMP) vitrine/v1/*_pb2*.py vitrine/v1/*_pb2*.pyi

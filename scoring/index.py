@@ -25,6 +25,7 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -82,7 +83,8 @@ class VectorIndex:
         self.recall = recall
         self.build_seconds = build_seconds
         if kind == HNSW:
-            faiss.downcast_index(index).hnsw.efSearch = ef_search
+            hnsw: Any = faiss.downcast_index(index)  # Any: faiss's SWIG classes are untyped per index kind
+            hnsw.hnsw.efSearch = ef_search
         elif kind == IVF:
             faiss.extract_index_ivf(index).nprobe = nprobe
 
@@ -105,7 +107,8 @@ class VectorIndex:
         if self.size == 0:
             return np.zeros((q.shape[0], 0), np.float32), np.zeros((q.shape[0], 0), np.int64)
         if self.kind == HNSW and k > self.ef_search:
-            params = faiss.SearchParametersHNSW(efSearch=k)
+            # In every faiss build with HNSW, but not in the SWIG module mypy reads.
+            params = faiss.SearchParametersHNSW(efSearch=k)  # type: ignore[attr-defined]
             return self.index.search(q, k, params=params)
         return self.index.search(q, k)
 
@@ -225,7 +228,7 @@ def tune_search(index: VectorIndex, vectors: np.ndarray, *, target: float = DEFA
         def set_knob(value: int) -> None:
             ivf.nprobe = value
     else:
-        inner = faiss.downcast_index(index.index)
+        inner: Any = faiss.downcast_index(index.index)  # an IndexHNSW; untyped SWIG attributes
         top, start = MAX_EF_SEARCH, max(index.ef_search, RECALL_K)
 
         def set_knob(value: int) -> None:

@@ -84,12 +84,12 @@ _EMPTY_SLOT = np.iinfo(np.int64).min
 
 
 @njit(inline="always")
-def _slot(value, shift):  # type: ignore[no-untyped-def]
+def _slot(value, shift):
     return np.int64((np.uint64(value) * _GOLDEN) >> shift)
 
 
 @njit(cache=True, nogil=True)
-def _hash_set(values):  # type: ignore[no-untyped-def]
+def _hash_set(values):
     """An open-addressing set of `values`, at most 1/4 full, so a lookup that misses (the usual
     case) reads one empty slot: cheaper than a binary search's unpredictable branches."""
     bits = 3
@@ -107,7 +107,7 @@ def _hash_set(values):  # type: ignore[no-untyped-def]
 
 
 @njit(inline="always")
-def _in_set(table, shift, value):  # type: ignore[no-untyped-def]
+def _in_set(table, shift, value):
     mask = table.shape[0] - 1
     h = _slot(value, shift)
     while table[h] != _EMPTY_SLOT:
@@ -118,13 +118,13 @@ def _in_set(table, shift, value):  # type: ignore[no-untyped-def]
 
 
 @njit(inline="always")
-def _worse(score, a, b):  # type: ignore[no-untyped-def]
+def _worse(score, a, b):
     """Candidate a ranks below b: a lower score, or the same score and later in retrieval order."""
     return score[a] < score[b] or (score[a] == score[b] and a > b)
 
 
 @njit(inline="always")
-def _sift_down(heap, size, i, score):  # type: ignore[no-untyped-def]
+def _sift_down(heap, size, i, score):
     while True:
         child = 2 * i + 1
         if child >= size:
@@ -141,7 +141,7 @@ SMALL_SPAN = 64  # up to this many picks, a sorted buffer with insertion beats a
 
 
 @njit(cache=True, nogil=True)
-def _top(score, m, span):  # type: ignore[no-untyped-def]
+def _top(score, m, span):
     """Indices of the best `span` of score[:m], best first, ties in index order (the prefix a
     stable sort would give). Retrieval returns candidates roughly best first, so after the
     first `span` most candidates cost one comparison with the worst kept."""
@@ -173,7 +173,7 @@ def _top(score, m, span):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True, nogil=True)
-def _top_heap(score, m, span, heap):  # type: ignore[no-untyped-def]
+def _top_heap(score, m, span, heap):
     """`_top` for large spans: a bounded min-heap, O(m log span) whatever the input order."""
     size = 0
     for j in range(m):
@@ -197,7 +197,7 @@ def _top_heap(score, m, span, heap):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True, nogil=True)
-def _drop_categories(cand, category, include, exclude, keep, score, paid, m):  # type: ignore[no-untyped-def]
+def _drop_categories(cand, category, include, exclude, keep, score, paid, m):
     """Compact keep/score/paid[:m] to candidates whose category the lists allow; the new m."""
     include_cats, in_shift = _hash_set(include)
     exclude_cats, xc_shift = _hash_set(exclude)
@@ -218,7 +218,7 @@ def _drop_categories(cand, category, include, exclude, keep, score, paid, m):  #
 @njit(_SIGNATURE, cache=True, nogil=True, error_model="numpy")
 def _rerank_kernel(cand, base, stock, price, category, sets, boost, out, out_score, include_out_of_stock,
                    min_price, max_price, budget, tolerance, max_per_category, n_categories, n_excluded,
-                   n_include):  # type: ignore[no-untyped-def]
+                   n_include):
     n = cand.shape[0]
     k = out_score.shape[0]
     if base.shape[0] != n or out.shape[1] != k:
@@ -334,7 +334,7 @@ _NO_BOOST = np.zeros(0, np.float32)
 _I64, _I32, _F32, _F64 = np.dtype(np.int64), np.dtype(np.int32), np.dtype(np.float32), np.dtype(np.float64)
 
 
-def _vector(values: object, dtype: np.dtype) -> np.ndarray:  # type: ignore[type-arg]
+def _vector(values: object, dtype: np.dtype) -> np.ndarray:
     """`values` as a 1-D array of `dtype`, without a copy when it already is one. Contiguity is not
     checked here: the kernel's dispatcher rejects a strided array (see `_normalized`)."""
     if type(values) is np.ndarray and values.dtype is dtype and values.ndim == 1:
@@ -342,7 +342,7 @@ def _vector(values: object, dtype: np.dtype) -> np.ndarray:  # type: ignore[type
     return np.ascontiguousarray(values, dtype=dtype).ravel()
 
 
-def _column(name: str, value: np.ndarray, dtype: np.dtype) -> np.ndarray:  # type: ignore[type-arg]
+def _column(name: str, value: np.ndarray, dtype: np.dtype) -> np.ndarray:
     if not isinstance(value, np.ndarray) or value.dtype != dtype or value.ndim != 1 or not value.flags.c_contiguous:
         raise TypeError(f"{name} must be a C-contiguous 1-D {dtype.name} array")
     return value

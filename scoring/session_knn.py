@@ -38,6 +38,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numba
 import numpy as np
@@ -113,8 +114,9 @@ def reindex(table: Neighbours, new_index: np.ndarray, n_new: int) -> Neighbours:
 def save_neighbours(directory: str | Path, table: Neighbours) -> Path:
     """Write `table` as `<directory>/neighbours.npz` (uncompressed, three arrays)."""
     path = Path(directory) / NEIGHBOURS_FILE
+    arrays: dict[str, Any] = table.as_arrays()  # Any: numpy's stub would match a value to allow_pickle
     with open(path, "wb") as f:
-        np.savez(f, **table.as_arrays())
+        np.savez(f, **arrays)
     return path
 
 

@@ -1,4 +1,7 @@
-"""Generate Python code and .pyi stubs from protos/ into the vitrine package.
+"""Generate Python code and typed .pyi stubs from protos/ into the vitrine package.
+
+The stubs come from mypy-protobuf (messages, and the gRPC stubs and servicers with their
+grpc.aio variants), so mypy checks every call on a generated stub.
 
 The proto tree mirrors the Python package (protos/vitrine/v1/x.proto ->
 vitrine/v1/x_pb2.py), so the generated `from vitrine.v1 import ...` imports
@@ -11,6 +14,7 @@ work as they are and need no rewriting.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
@@ -20,6 +24,15 @@ PROTO_ROOT = ROOT / "protos"
 
 def proto_files() -> list[Path]:
     return sorted(PROTO_ROOT.rglob("*.proto"))
+
+
+def _plugin(name: str) -> str:
+    """The protoc plugin `name` installed with mypy-protobuf, next to this interpreter or on PATH."""
+    beside = Path(sys.executable).parent / name
+    found = str(beside) if beside.exists() else shutil.which(name)
+    if not found:
+        raise SystemExit(f"{name} not found: pip install mypy-protobuf (a dev dependency)")
+    return found
 
 
 def generate(out_dir: Path) -> None:
@@ -33,9 +46,12 @@ def generate(out_dir: Path) -> None:
         "grpc_tools.protoc",
         f"-I{PROTO_ROOT}",
         f"-I{well_known}",
+        f"--plugin=protoc-gen-mypy={_plugin('protoc-gen-mypy')}",
+        f"--plugin=protoc-gen-mypy_grpc={_plugin('protoc-gen-mypy_grpc')}",
         f"--python_out={out_dir}",
-        f"--pyi_out={out_dir}",
+        f"--mypy_out=quiet:{out_dir}",
         f"--grpc_python_out={out_dir}",
+        f"--mypy_grpc_out=quiet:{out_dir}",
         *files,
     ]
     code = protoc.main(args)

@@ -14,7 +14,7 @@ import vitrine.commands
 
 
 def _commands() -> list[object]:
-    modules = []
+    modules: list[object] = []
     for info in sorted(pkgutil.iter_modules(vitrine.commands.__path__), key=lambda i: i.name):
         if not info.name.startswith("_"):
             modules.append(importlib.import_module(f"vitrine.commands.{info.name}"))

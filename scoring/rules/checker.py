@@ -108,11 +108,11 @@ class Checker:
             t = VT.NUMBER if kind is FieldType.NUMBER_MAP else VT.STRING
             return ir.Leaf(t, ir.Access("key", node.target.path, idx.value, t))
         if kind is FieldType.STRING_LIST:
-            ok = isinstance(idx, n.Literal) and isinstance(idx.value, float) and not isinstance(idx.value, bool)
-            if not ok or not float(idx.value).is_integer() or not 0 <= idx.value <= MAX_LIST_INDEX:
+            value = idx.value if isinstance(idx, n.Literal) else None
+            if not isinstance(value, float) or not value.is_integer() or not 0 <= value <= MAX_LIST_INDEX:
                 raise _err(idx, f"the index of {node.target.path}[...] must be a whole number "
                                 f"from 0 to {MAX_LIST_INDEX}")
-            return ir.Leaf(VT.STRING, ir.Access("index", node.target.path, int(idx.value), VT.STRING))
+            return ir.Leaf(VT.STRING, ir.Access("index", node.target.path, int(value), VT.STRING))
         raise _err(node, f"{node.target.path} is {kind.value}; only maps and lists can be indexed")
 
     def binary(self, node: n.Binary) -> ir.Expr:
@@ -152,10 +152,10 @@ class Checker:
         if isinstance(right, n.Name):
             kind = self.field_type(right)
             if kind in (FieldType.STRING_LIST, FieldType.NUMBER_MAP, FieldType.STRING_MAP):
-                left = node.left
-                if not (isinstance(left, n.Literal) and isinstance(left.value, str)):
-                    raise _err(left, f"the left side of {node.op} {right.path} must be a string literal")
-                return ir.Leaf(VT.BOOL, ir.Access("contains", right.path, left.value, VT.BOOL))
+                key = node.left
+                if not (isinstance(key, n.Literal) and isinstance(key.value, str)):
+                    raise _err(key, f"the left side of {node.op} {right.path} must be a string literal")
+                return ir.Leaf(VT.BOOL, ir.Access("contains", right.path, key.value, VT.BOOL))
             raise _err(right, f"{right.path} is {kind.value}; in needs a list literal, a list field "
                               "or a map field on its right")
         raise _err(right, "in needs a list literal such as [\"a\", \"b\"], a list field or a map field "
@@ -182,21 +182,21 @@ class Checker:
         if name == "has":
             if len(node.args) != 1 or node.kwargs:
                 raise _err(node, "has() takes one field, e.g. has(customer_id) or has(traits[\"gender\"])")
-            arg = node.args[0]
-            if isinstance(arg, n.Index) and isinstance(arg.target, n.Name):
-                kind = self.field_type(arg.target)
+            operand = node.args[0]
+            if isinstance(operand, n.Index) and isinstance(operand.target, n.Name):
+                kind = self.field_type(operand.target)
                 if kind in (FieldType.NUMBER_MAP, FieldType.STRING_MAP):
-                    leaf = self.index(arg)
+                    leaf = self.index(operand)
                     assert isinstance(leaf, ir.Leaf)
-                    return ir.Leaf(VT.BOOL, ir.Access("contains", arg.target.path, leaf.access.arg, VT.BOOL))
-            if not isinstance(arg, n.Name):
-                raise _err(arg, "has() takes a field or a map entry, e.g. has(traits[\"gender\"])")
-            kind = self.field_type(arg)
+                    return ir.Leaf(VT.BOOL, ir.Access("contains", operand.target.path, leaf.access.arg, VT.BOOL))
+            if not isinstance(operand, n.Name):
+                raise _err(operand, "has() takes a field or a map entry, e.g. has(traits[\"gender\"])")
+            kind = self.field_type(operand)
             if not kind.is_scalar:
-                size = ir.Leaf(VT.NUMBER, ir.Access("size", arg.path, None, VT.NUMBER))
+                size = ir.Leaf(VT.NUMBER, ir.Access("size", operand.path, None, VT.NUMBER))
                 return ir.Compare(VT.BOOL, ">", size, ir.Const(VT.NUMBER, 0.0))
             t = SCALAR_VT[kind]
-            leaf = ir.Leaf(t, ir.Access("field", arg.path, None, t))
+            leaf = ir.Leaf(t, ir.Access("field", operand.path, None, t))
             if t is VT.BOOL:
                 return leaf
             empty = ir.Const(t, "" if t is VT.STRING else 0.0)

@@ -55,9 +55,12 @@ def getter(access: Access) -> Getter:
     if kind == "key":
         return lambda d, now: scalar((lookup(d, field) or {}).get(arg), t)
     if kind == "index":
+        assert isinstance(arg, int)  # the checker makes an index Access with a whole-number arg
+        position = arg
+
         def element(d: Mapping[str, Any], now: int) -> str:
             items = lookup(d, field) or ()
-            return items[arg] if arg < len(items) else ""  # type: ignore[operator]
+            return items[position] if position < len(items) else ""
         return element
     if kind == "contains":
         return lambda d, now: arg in (lookup(d, field) or ())

@@ -94,7 +94,7 @@ def load_config(
     for field in dataclasses.fields(cls):
         kind = _field_type(cls, field)
         default = defaults.get(field.name, field.default)
-        if default is dataclasses.MISSING and field.default_factory is not dataclasses.MISSING:
+        if default is dataclasses.MISSING and callable(field.default_factory):
             default = field.default_factory()
         for env_name in env_names(service, field.name):
             if env_name in env:

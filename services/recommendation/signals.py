@@ -56,7 +56,7 @@ class ObserveResult:
     errors: list[str] = field(default_factory=list)
 
 
-class _Lru(OrderedDict):  # type: ignore[type-arg]
+class _Lru(OrderedDict):
     def __init__(self, limit: int) -> None:
         super().__init__()
         self.limit = limit

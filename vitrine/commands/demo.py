@@ -41,14 +41,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
 
-def _config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _config(args: argparse.Namespace):
     from vitrine.demo.config import DemoConfig
 
     return DemoConfig.preset(args.scale, n_products=args.products, n_shoppers=args.shoppers, seed=args.seed,
                              days=args.days, now_ms=args.now_ms, currency=args.currency).resolved()
 
 
-def _print_stats(stats: dict) -> None:  # type: ignore[type-arg]
+def _print_stats(stats: dict) -> None:
     cfg, cat = stats["config"], stats["catalog"]
     print(f"demo store ({cfg['scale']}): seed {cfg['seed']}, {cfg['days']} days ending at {cfg['now_ms']}")
     print(f"products {cat['products']:,} in {cat['categories']} categories ({cat['currency']}), "

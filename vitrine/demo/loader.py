@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
 import logging
 import sys
@@ -327,7 +328,7 @@ async def _load_products(gen: HistoryGenerator, recommend: Any, report: LoadRepo
     for batch in iter_product_batches(gen.catalog, PRODUCT_BATCH):
         summary = await _call(
             f"UpsertProducts (products {done}..{done + len(batch) - 1})",
-            lambda b=batch: recommend.UpsertProducts(iter(b), timeout=call_seconds), report)
+            functools.partial(recommend.UpsertProducts, iter(batch), timeout=call_seconds), report)
         done += len(batch)
         if summary is not None:
             report.products_upserted += summary.upserted
@@ -343,12 +344,12 @@ async def _load_products(gen: HistoryGenerator, recommend: Any, report: LoadRepo
 async def _load_segments(cfg: DemoConfig, stub: Any, report: LoadReport, prog: Progress) -> None:
     t0 = time.perf_counter()
     for segment in demo_segments():
-        reply = await _call(f"PutSegment {segment.segment_id}", lambda s=segment: stub.PutSegment(
-            segment_pb2.PutSegmentRequest(segment=s), timeout=CALL_TIMEOUT_S), report)
+        reply = await _call(f"PutSegment {segment.segment_id}", functools.partial(
+            stub.PutSegment, segment_pb2.PutSegmentRequest(segment=segment), timeout=CALL_TIMEOUT_S), report)
         report.segments += reply is not None
     for offer in demo_offers(cfg.end_ms):
-        reply = await _call(f"PutOffer {offer.offer_id}", lambda o=offer: stub.PutOffer(
-            segment_pb2.PutOfferRequest(offer=o), timeout=CALL_TIMEOUT_S), report)
+        reply = await _call(f"PutOffer {offer.offer_id}", functools.partial(
+            stub.PutOffer, segment_pb2.PutOfferRequest(offer=offer), timeout=CALL_TIMEOUT_S), report)
         report.offers += reply is not None
     report.durations["segments"] = time.perf_counter() - t0
     prog.say(f"segments {report.segments}, offers {report.offers}")
@@ -396,7 +397,7 @@ async def _load_events(cfg: DemoConfig, gen: HistoryGenerator, profile_stubs: li
             profile_stubs = []
             report.error("services.gateway.router not importable: tracking through the gateway")
     if profile_stubs:
-        pipes = [_Pipe(f"profile[{i}]", lambda b, s=stub, i=i: track_batch(s, i, b), batch_size, CONCURRENCY)
+        pipes = [_Pipe(f"profile[{i}]", functools.partial(track_batch, stub, i), batch_size, CONCURRENCY)
                  for i, stub in enumerate(profile_stubs)]
     # The gateway's Track observes best-effort by itself: no separate Observe then.
     observe_pipe = _Pipe("observe", observe_batch, batch_size, CONCURRENCY) \

@@ -46,7 +46,7 @@ WELCOME_COUPON = "WELCOME10"
 
 # A raw event: (type, timestamp_ms, product index or -1, category index or -1, query, quantity,
 #               order_id, coupon, campaign_id, page_url)
-RawEvent = tuple[int, int, int, int, str, int, str, str, str, str]
+RawEvent = tuple[common_pb2.EventType.ValueType, int, int, int, str, int, str, str, str, str]
 
 
 @dataclasses.dataclass(slots=True)

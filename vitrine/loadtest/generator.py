@@ -132,7 +132,8 @@ class EchoWorkload:
     """The same schedule against the bare echo server, with a Personalize-sized payload."""
 
     def __init__(self, channels: list[grpc.aio.Channel]) -> None:
-        self.calls = [c.unary_unary(ECHO_METHOD) for c in channels]
+        self.calls: list[grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]] = [
+            c.unary_unary(ECHO_METHOD) for c in channels]
         request = gateway_pb2.PersonalizeRequest(
             user_id="c0001234", page_type="home",
             context=common_pb2.Context(device_type="mobile", traffic_source="email", country="FR"),
