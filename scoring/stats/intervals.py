@@ -5,7 +5,7 @@
 * Means (revenue per shopper, zeros included): the t interval of one mean, and Welch's
   unequal-variance t for the difference of two means (Welch-Satterthwaite degrees of freedom).
 * Relative lift (B / A - 1) of either: the delta method, Var(B/A) ~ (B/A)^2 (Var B / B^2 + Var A / A^2)
-  with the variances of the two means, as GrowthBook's gbstats does; a normal interval.
+  with the variances of the two means; a normal interval.
 * Sample-ratio mismatch: Pearson's chi-square goodness of fit of the users per variant against
   the configured weights.
 

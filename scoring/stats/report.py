@@ -15,7 +15,7 @@ from scoring.stats.intervals import (
     wilson_interval,
 )
 
-SRM_THRESHOLD = 0.001   # a p-value below this flags a broken split (GrowthBook's default)
+SRM_THRESHOLD = 0.001   # a p-value below this flags a broken split (strict: checked often, rarely false)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -112,3 +112,15 @@ def test_report() -> None:
     broken = build_report([VariantCounts("a", 1, 1000, 0, 0, 0), VariantCounts("b", 1, 800, 0, 0, 0)])
     assert broken.srm_detected and broken.srm_p_value < 1e-5
     assert math.isnan(broken.variants[1].conversion_lift[0])  # a control without converters: no lift
+
+
+def test_simulator_aa_and_power() -> None:
+    """A small seeded run of the simulator: an A/A test rejects about 5 % of the time and a large
+    true lift is found about as often as the same test finds it on plain binomial draws."""
+    from scoring.stats.simulate import Scenario, lift_test_power, simulate
+
+    aa = simulate(Scenario("A/A", users=2000, runs=200, lift=0.0), seed=1)
+    assert 0.01 <= aa.conversion_significant <= 0.10
+    assert abs(aa.mean_users_b - 1000) < 15
+    ab = simulate(Scenario("A/B", users=2000, runs=100, base_rate=0.1, lift=0.6), seed=2)
+    assert abs(ab.conversion_significant - lift_test_power(2000, 0.1, 0.6)) < 0.12
