@@ -165,7 +165,10 @@ def _everything_set() -> tuple[c.Profile, c.Context]:
                 else:
                     value.update({"running": 2.5, "tier": -1.0})
             elif field.is_repeated and field.message_type is None:
-                value.extend(["p1", "p2", "p3"] if field.type == field.TYPE_STRING else [1.0])
+                if field.type == field.TYPE_STRING:
+                    value.extend(["p1", "p2", "p3"])
+                else:
+                    value.extend([1.0] if field.type == field.TYPE_DOUBLE else [2, 1, 1])
             elif field.message_type is not None and not field.is_repeated:
                 fill(value, depth + 1)
             elif field.type == field.TYPE_STRING:
