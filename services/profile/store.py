@@ -121,22 +121,18 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
-def _field(tag: bytes, payload: bytes) -> bytes:
-    """One length-delimited protobuf field (tag byte already encoded)."""
-    return tag + _varint(len(payload)) + payload
-
-
-# Wire tags (field number << 3 | 2) of LoggedEvent.event, .canonical_user_id and Event.user_id.
-_TAG_LOGGED_EVENT, _TAG_CANONICAL, _TAG_EVENT_USER = b"\x12", b"\x22", b"\x12"
+# Wire tags (field number << 3 | 2) of LoggedEvent.event and LoggedEvent.canonical_user_id.
+_TAG_LOGGED_EVENT, _TAG_CANONICAL = b"\x12", b"\x22"
 _PERSONALIZATION_OFF = b"\x30\x01"  # LoggedEvent.personalization_off = true
+_VARINTS = [_varint(n) for n in range(1 << 14)]  # lengths of events and ids: one list index, no loop
 
 
-def logged_event_bytes(payload: bytes, user_id: str, canonical: bytes, flags: int) -> bytes:
-    """A serialized LoggedEvent (without seq) built from the event's stored payload (flags byte
-    stripped, no user_id): the event is serialized once per write, for the log and the feed.
-    Protobuf parsers accept fields in any order, so appending user_id is valid."""
-    event = payload + _field(_TAG_EVENT_USER, user_id.encode()) if user_id else payload
-    out = _field(_TAG_LOGGED_EVENT, event) + _field(_TAG_CANONICAL, canonical)
+def logged_event_bytes(event: bytes, canonical: bytes, flags: int) -> bytes:
+    """A serialized LoggedEvent (without seq) around an already serialized Event, built by hand
+    so the event is serialized once per write (for the log, which is also the feed)."""
+    n, m = len(event), len(canonical)
+    out = b"".join((_TAG_LOGGED_EVENT, _VARINTS[n] if n < 16384 else _varint(n), event,
+                    _TAG_CANONICAL, _VARINTS[m] if m < 16384 else _varint(m), canonical))
     return out + _PERSONALIZATION_OFF if flags & fold.FLAG_NO_PERSONALIZATION else out
 
 
@@ -446,43 +442,42 @@ class LmdbProfileStore:
         event_ids, all in one transaction (group commit). Duplicates are skipped."""
         results: list[TrackResult] = []
         cache: dict[bytes, list[Any]] = {}
-        resolved: dict[str, bytes] = {}
+        resolved: dict[str, tuple[bytes, bytes, str]] = {}  # user_id -> (profile id, its key prefix, as str)
         created = _U32.pack(now_ms // 1000)
         settings = self.settings
         apply_event = fold.apply_event
         idem_db, events_db, log_db = self.idem, self.events, self.log
         pack, pack_seq = _TS_SEQ.pack, _SEQ.pack
+        off = fold.FLAG_NO_PERSONALIZATION
         txn = self._write()
         put = txn.put
         try:
             seq = self._seq_of(txn)
             for event in events:
                 uid = event.user_id
-                user = resolved.get(uid)
-                if user is None:
-                    user = resolved[uid] = self._resolve(txn, uid.encode())
+                names = resolved.get(uid)
+                if names is None:
+                    target = self._resolve(txn, uid.encode())
+                    names = resolved[uid] = (target, target + SEP, target.decode())
+                user, prefix, user_id = names
                 # Remember the event id; an existing key (also one from this batch) is a duplicate.
-                if not put(user + SEP + event.event_id.encode(), created, db=idem_db, overwrite=False):
-                    results.append(TrackResult(False, user.decode()))
+                if not put(prefix + event.event_id.encode(), created, db=idem_db, overwrite=False):
+                    results.append(TrackResult(False, user_id))
                     continue
                 entry = cache.get(user)
                 if entry is None:
-                    state = self._load(txn, user)
-                    if state is None:
-                        entry = [fold.new_state(user.decode()), None]
-                    else:
-                        entry = [state, fold.rfm_key(state.profile)]
+                    loaded = self._load(txn, user)
+                    entry = ([fold.new_state(user_id), None] if loaded is None
+                             else [loaded, fold.rfm_key(loaded.profile)])
                     cache[user] = entry
                 state = entry[0]
-                flags = 0 if state.profile.consent.personalization else fold.FLAG_NO_PERSONALIZATION
+                flags = 0 if state.profile.consent.personalization else off
                 apply_event(state, event, flags, settings)
                 seq += 1
-                original, event.user_id = event.user_id, ""  # the key names the user
-                body = event.SerializeToString()
-                event.user_id = original
-                put(user + SEP + pack(event.timestamp_ms, seq), FLAG_BYTES[flags], db=events_db)
-                put(pack_seq(seq), logged_event_bytes(body, original, user, flags), db=log_db, append=True)
-                results.append(TrackResult(True, user.decode(), seq))
+                put(prefix + pack(event.timestamp_ms, seq), FLAG_BYTES[flags], db=events_db)
+                put(pack_seq(seq), logged_event_bytes(event.SerializeToString(), user, flags), db=log_db,
+                    append=True)
+                results.append(TrackResult(True, user_id, seq))
             changes = []
             for user, (state, old) in cache.items():
                 txn.put(user, state.SerializeToString(), db=self.profiles)

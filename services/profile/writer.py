@@ -176,8 +176,17 @@ class WriterProcess:
 
     # ------------------------------------------------------------- the store's write methods
     def apply_events(self, events: Sequence[common_pb2.Event], now_ms: int) -> list[TrackResult]:
-        flags, users, seqs = self.call("apply_events", [e.SerializeToString() for e in events], now_ms)
-        return [TrackResult(bool(f), u, q) for f, u, q in zip(flags, users, seqs, strict=True)]
+        # One message for the whole group (one C call each way), not one pickled string per event.
+        batch = profile_pb2.TrackBatchRequest(events=events).SerializeToString()
+        flags, users, seq = self.call("apply_events", batch, now_ms)
+        results = []
+        for applied, user in zip(flags, users, strict=True):
+            if applied:  # applied events took consecutive seqs from the first one
+                results.append(TrackResult(True, user, seq))
+                seq += 1
+            else:
+                results.append(TrackResult(False, user))
+        return results
 
     def identify(self, anonymous_id: str, customer_id: str, traits: dict[str, str],
                  now_ms: int) -> profile_pb2.StoredProfile:
@@ -215,11 +224,12 @@ def _child_env() -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------------ child side
-def _apply_serialized(store: LmdbProfileStore, payloads: list[bytes],
-                      now_ms: int) -> tuple[bytes, list[str], list[int]]:
-    parse = common_pb2.Event.FromString
-    results = store.apply_events([parse(p) for p in payloads], now_ms)
-    return bytes(r.applied for r in results), [r.user_id for r in results], [r.seq for r in results]
+def _apply_serialized(store: LmdbProfileStore, batch: bytes, now_ms: int) -> tuple[bytes, list[str], int]:
+    """Apply a serialized TrackBatchRequest; answer compactly: an applied flag per event, the
+    profile ids, and the first seq given out (applied events take consecutive seqs)."""
+    results = store.apply_events(profile_pb2.TrackBatchRequest.FromString(batch).events, now_ms)
+    first = next((r.seq for r in results if r.applied), 0)
+    return bytes(r.applied for r in results), [r.user_id for r in results], first
 
 
 def serve(conn: Connection, store: LmdbProfileStore) -> None:
