@@ -44,11 +44,15 @@ def money(value: float | None) -> str:
 
 
 def strategy(value: int) -> str:
-    return recommend_pb2.Strategy.Name(value) if value in recommend_pb2.Strategy.values() else str(value)
+    if value not in recommend_pb2.Strategy.values():
+        return str(value)
+    return recommend_pb2.Strategy.Name(recommend_pb2.Strategy.ValueType(value))
 
 
 def journey_kind(value: int) -> str:
-    return journey_pb2.JourneyKind.Name(value) if value in journey_pb2.JourneyKind.values() else str(value)
+    if value not in journey_pb2.JourneyKind.values():
+        return str(value)
+    return journey_pb2.JourneyKind.Name(journey_pb2.JourneyKind.ValueType(value))
 
 
 def percent(value: float | None) -> str:

@@ -13,6 +13,7 @@ import shutil
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -81,7 +82,7 @@ def track_test_shopper(loop_thread: LoopThread, backends: Backends, user_id: str
 
 
 @pytest.fixture(scope="module")
-def page(console_url: str) -> Iterator[object]:
+def page(console_url: str) -> Iterator[Any]:
     with playwright_sync.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium"),
                                      args=CHROMIUM_ARGS)
@@ -93,7 +94,7 @@ def page(console_url: str) -> Iterator[object]:
         browser.close()
 
 
-def test_operator_journey_in_a_real_browser(page, console_url: str, loop_thread: LoopThread,  # type: ignore[no-untyped-def]
+def test_operator_journey_in_a_real_browser(page: Any, console_url: str, loop_thread: LoopThread,
                                             backends: Backends, demo_profiles: list[common_pb2.Profile],
                                             tmp_path: Path) -> None:
     expect = playwright_sync.expect

@@ -4,6 +4,7 @@ timeline lines and the Personalize requests of the customer page."""
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -100,7 +101,7 @@ def test_page_requests_anchor_on_the_shopper() -> None:
 
 
 async def test_audience_csv_columns_from_traits() -> None:
-    async def members():  # type: ignore[no-untyped-def]
+    async def members() -> AsyncIterator[segment_pb2.AudienceMember]:
         yield segment_pb2.AudienceMember(user_id="c1", customer_id="c1", traits={"email": "a@x.org"})
         yield segment_pb2.AudienceMember(user_id="v2", traits={"email": "b@x.org", "city": "Lyon, FR"})
 
