@@ -112,7 +112,7 @@ class Catalog:
     def open(self) -> None:
         """Open LMDB and load every product into the columns (blocking: call off the loop)."""
         self.path.mkdir(parents=True, exist_ok=True)
-        self.env = lmdb.open(str(self.path), map_size=LMDB_MAP_SIZE, subdir=True, max_dbs=2)
+        self.env = lmdb.open(str(self.path), map_size=LMDB_MAP_SIZE, subdir=True, max_dbs=4)
         self.changes = ChangeLog(self.env)
         products = []
         with self.env.begin() as txn:

@@ -71,6 +71,7 @@ LMDB_MAP_SIZE = 8 * 1024**3       # sparse file; the upper bound of the catalog 
 # FollowCatalog
 MAX_KEPT_CHANGES = 1_000_000      # catalog changes kept for followers (the oldest are pruned)
 FOLLOW_READ_BATCH = 500           # changes read from LMDB per transaction while a follower catches up
+FOLLOW_EVENTS_BATCH = 256         # FollowEvents items applied to the signals at once
 
 
 def _f(default: Any, help_text: str) -> Any:
@@ -96,3 +97,5 @@ class RecommendationConfig(ServerConfig):
     model_poll_seconds: float = _f(10.0, "how often models/current is checked; a new or rolled-back version "
                                    "is loaded and swapped in (0 = only at start)")
     max_message_mb: int = _f(64, "largest gRPC message, MiB (Train with inline sessions)")
+    follow_events: bool = _f(True, "real-time signals follow every profile shard's FollowEvents feed "
+                             "(profile_addresses); off: only Observe feeds them")

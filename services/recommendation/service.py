@@ -50,10 +50,12 @@ from services.recommendation.config import (
     RecommendationConfig,
 )
 from services.recommendation.engine import Query, Recommender, Result
+from services.recommendation.feed import EventSignals, ObserveResult, SignalFeeds
 from services.recommendation.model import Model, ModelStore, assemble, new_version
 from services.recommendation.query import RankQuery
 from services.recommendation.rank import ListRanker
-from services.recommendation.signals import SNAPSHOT_FILE, WEIGHTS, ObserveResult, Signals
+from services.recommendation.signals import SNAPSHOT_FILE, Signals
+from services.recommendation.store import SignalStore
 from services.recommendation.training import SESSION_EVENT_TYPES, Trained, sessions_from_events, train_model
 from vitrine.v1 import common_pb2, profile_pb2, profile_pb2_grpc, recommend_pb2
 
@@ -118,6 +120,10 @@ class RecommendationService:
         self.catalog = Catalog(self.directory)
         self.catalog_feed = ChangeFeed()
         self.signals = Signals(config.trending_half_life_hours * 3_600_000)
+        self.event_signals = EventSignals(self.catalog, self.signals)
+        self.signal_store: SignalStore | None = None
+        self.feeds: SignalFeeds | None = None
+        self._save_lock = asyncio.Lock()
         self.models = ModelStore(self.directory / "models")
         self.recommender = Recommender(self.catalog, self.signals, candidate_multiplier=config.candidate_multiplier,
                                        budget_tolerance=config.budget_tolerance)
@@ -140,7 +146,7 @@ class RecommendationService:
         await asyncio.to_thread(self.catalog.open)
         assert self.catalog.changes is not None
         self.catalog_feed.last_seq = (await asyncio.to_thread(self.catalog.changes.bounds))[1]
-        await asyncio.to_thread(self.signals.load, self.directory / SNAPSHOT_FILE, self.catalog.row_of)
+        await self._load_signals()
         self.signals.rebuild_categories(self.catalog.category)
         version = self.models.current_version()
         if version:
@@ -158,10 +164,14 @@ class RecommendationService:
             self._model_task = asyncio.create_task(self._every(
                 self.config.model_poll_seconds, self.follow_current_model,
                 "loading the model named by models/current failed; keeping the one in use"))
+        self.start_feeds()
         log.info("recommendation ready: %d products, model %s", len(self.catalog), version or "none",
                  extra={"fields": {"products": len(self.catalog), "model_version": version or ""}})
 
     async def stop(self) -> None:
+        if self.feeds is not None:
+            await self.feeds.stop()
+            self.feeds = None
         for task in (self._snapshot_task, self._trending_task, self._model_task):
             if task is not None:
                 task.cancel()
@@ -174,9 +184,34 @@ class RecommendationService:
         self._channels.clear()
         self.catalog.close()
 
+    async def _load_signals(self) -> None:
+        """The saved signals and feed cursors (or, once, a snapshot file from before they moved into LMDB)."""
+        assert self.catalog.env is not None
+        self.signal_store = SignalStore(self.catalog.env)
+        blob, cursors = await asyncio.to_thread(self.signal_store.load)
+        legacy = self.directory / SNAPSHOT_FILE
+        if blob is not None:
+            await asyncio.to_thread(self.signals.restore, blob, self.catalog.row_of)
+        elif legacy.exists():
+            await asyncio.to_thread(self.signals.restore, legacy, self.catalog.row_of)
+        self.event_signals.cursors = cursors
+
+    def start_feeds(self) -> None:
+        """Follow every profile shard's event log (the real-time signals' source)."""
+        addresses = [a.strip() for a in self.config.profile_addresses.split(",") if a.strip()]
+        if self.config.follow_events and addresses and self.feeds is None:
+            self.feeds = SignalFeeds(self.event_signals, addresses, self.config, self.save_signals)
+            self.feeds.start()
+
     async def save_signals(self) -> None:
-        snap = self.signals.snapshot(list(self.catalog.ids))
-        await asyncio.to_thread(Signals.write, self.directory / SNAPSHOT_FILE, snap)
+        """The signals and the feed cursors they have consumed, in one LMDB transaction."""
+        assert self.signal_store is not None
+        async with self._save_lock:
+            ids = list(self.catalog.ids)
+            snap = self.signals.snapshot(ids)          # state and cursors copied at the same instant
+            cursors = dict(self.event_signals.cursors)
+            blob = await asyncio.to_thread(Signals.encode, snap, ids)
+            await asyncio.to_thread(self.signal_store.save, blob, cursors)
 
     @staticmethod
     async def _every(seconds: float, action: Callable[[], Awaitable[object]], failure: str) -> None:
@@ -270,27 +305,13 @@ class RecommendationService:
 
     # -- signals -----------------------------------------------------------------------------
     async def observe(self, events: AsyncIterable[common_pb2.Event]) -> ObserveResult:
+        """Observe (deprecated: the signals follow FollowEvents; kept while the gateway still sends).
+        An event that arrives both ways counts once (the signals remember recent event ids)."""
         result = ObserveResult()
-        i = 0
-        async for event in events:
-            where = f"event {i} ({event.event_id[:64]})"
-            i += 1
-            if event.type not in WEIGHTS:
-                result.ignored += 1
-                continue
-            if not event.product_id:
-                result.rejected += 1
-                if len(result.errors) < MAX_SUMMARY_ERRORS:
-                    result.errors.append(f"{where}: {common_pb2.EventType.Name(event.type)} needs product_id")
-                continue
-            row = self.catalog.row_of.get(event.product_id)
-            if row is None:
-                result.ignored += 1  # not in the catalog (yet): no signal to keep
-                continue
-            if self.signals.observe(event, row, int(self.catalog.category[row])):
-                result.observed += 1
-            else:
-                result.ignored += 1
+        seen = 0
+        async for batch in _batches(events, STREAM_BATCH):
+            self.event_signals.observe(batch, result, seen)
+            seen += len(batch)
         return result
 
     # -- recommend ---------------------------------------------------------------------------

@@ -1,21 +1,26 @@
-"""Real-time signals from `Observe`: trending counts and bought-together pairs, with snapshots.
+"""Real-time signals: trending counts and bought-together pairs, with snapshots.
 
 - Trending: every PRODUCT_VIEW / ADD_TO_CART / PURCHASE adds its weight to a time-decayed
   counter (`scoring.popularity.DecayingCounter`) of the product and of its category.
 - Bought together: a PURCHASE pairs its product with the products already bought in the same
   order (CO_PURCHASE_WEIGHT); an ADD_TO_CART pairs it with the products already added in the
-  same session of the same user (CO_CART_WEIGHT). Open orders and sessions are remembered in
-  bounded LRU maps; repeated event ids are ignored.
-- Snapshot: `<data_dir>/recommendation/signals.npz`, keyed by product id (catalog rows are
-  not stable across restarts), written periodically and at stop.
+  same session of the same user (CO_CART_WEIGHT). Open orders and sessions ("baskets", the only
+  per-shopper data here) are remembered in bounded LRU maps; repeated event ids are ignored.
+- Events come from the profile shards' `FollowEvents` feeds (`feed.py`) and, until the gateway
+  stops sending them, from `Observe`; the event-id memory keeps an event that arrives both ways
+  from counting twice.
+- Snapshot: counters, pairs, baskets and the event-id memory, keyed by product id (catalog rows are
+  not stable across restarts), encoded as one `.npz` blob. The service keeps it in its LMDB
+  (`store.py`) with each feed's cursor in the same transaction, so after a restart the state and the
+  cursors agree and the feeds resume exactly where the saved state ends.
 """
 
 from __future__ import annotations
 
-import os
+import io
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +40,8 @@ from services.recommendation.config import (
 )
 from vitrine.v1 import common_pb2
 
-SNAPSHOT_FILE = "signals.npz"
+SNAPSHOT_FILE = "signals.npz"   # where snapshots lived before they moved into LMDB (read once if present)
+ORDER, CART = 0, 1               # basket kinds in a snapshot
 
 WEIGHTS = {
     common_pb2.PRODUCT_VIEW: VIEW_WEIGHT,
@@ -46,14 +52,6 @@ WEIGHTS = {
 
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-@dataclass
-class ObserveResult:
-    observed: int = 0
-    ignored: int = 0
-    rejected: int = 0
-    errors: list[str] = field(default_factory=list)
 
 
 class _Lru(OrderedDict):
@@ -79,8 +77,9 @@ class Signals:
         self._carts = _Lru(MAX_OPEN_BASKETS)
         self._seen = _Lru(SEEN_EVENT_IDS)
 
-    def observe(self, event: common_pb2.Event, row: int, category: int) -> bool:
-        """Count one validated product event (`row` = catalog row); False if it was a repeat."""
+    def observe(self, event: common_pb2.Event, row: int, category: int, user: str = "") -> bool:
+        """Count one validated product event (`row` = catalog row); False if it was a repeat.
+        `user` keys the shopper's baskets (the canonical id from the feed; default the event's)."""
         if event.event_id:
             if event.event_id in self._seen:
                 return False
@@ -90,13 +89,41 @@ class Signals:
         quantity = max(1, event.quantity)
         weight = WEIGHTS[event.type] * (quantity if event.type == common_pb2.PURCHASE else 1)
         self.trending.add(np.array([row]), np.array([t]), weight, np.array([category]))
+        user = user or event.user_id
         if event.type == common_pb2.PURCHASE and event.order_id:
-            basket = self._orders.touch((event.user_id, event.order_id), [])
+            basket = self._orders.touch((user, event.order_id), [])
             self._pair(basket, row, CO_PURCHASE_WEIGHT)  # type: ignore[arg-type]
         elif event.type == common_pb2.ADD_TO_CART:
-            basket = self._carts.touch((event.user_id, event.session_id), [])
+            basket = self._carts.touch((user, event.session_id), [])
             self._pair(basket, row, CO_CART_WEIGHT)  # type: ignore[arg-type]
         return True
+
+    def erase(self, users: Iterable[str]) -> int:
+        """Forget the open baskets of `users` (an erasure); returns how many were dropped. The
+        trending counts and pair weights are aggregates over everyone and hold no shopper id."""
+        gone = {u for u in users if u}
+        dropped = 0
+        for baskets in (self._orders, self._carts):
+            for key in [k for k in baskets if k[0] in gone]:
+                del baskets[key]
+                dropped += 1
+        return dropped
+
+    def merge_user(self, anonymous_id: str, customer_id: str) -> None:
+        """An anonymous visitor logged in: their open baskets continue under the customer's id."""
+        if not anonymous_id or not customer_id or anonymous_id == customer_id:
+            return
+        for baskets in (self._orders, self._carts):
+            for key in [k for k in baskets if k[0] == anonymous_id]:
+                rows = baskets.pop(key)
+                target = baskets.touch((customer_id, key[1]), [])
+                for row in rows:
+                    if row not in target and len(target) < MAX_BASKET_ITEMS:  # type: ignore[operator, arg-type]
+                        target.append(row)  # type: ignore[attr-defined]
+
+    def basket_users(self) -> set[str]:
+        """Every shopper id an open basket is kept under (tests, erasure checks)."""
+        return {k[0] for baskets in (self._orders, self._carts) for k in baskets}
 
     def _pair(self, basket: list[int], row: int, weight: float) -> None:
         if row in basket:
@@ -115,33 +142,43 @@ class Signals:
 
     # -- snapshots ---------------------------------------------------------------------------
     def snapshot(self, ids: list[str]) -> dict[str, object]:
-        """Copies of the counters (on the event loop: it reads live dicts); `write` turns rows into ids."""
+        """Copies of the state (on the event loop: it reads live dicts); `encode` turns rows into ids."""
         n = min(len(ids), self.trending.items.size)
         rows, cols, weights = self.together.to_arrays()
+        baskets = [(kind, user, key, list(items))
+                   for kind, lru in ((ORDER, self._orders), (CART, self._carts))
+                   for (user, key), items in lru.items()]
         return {"ids": ids[:n], "trending": self.trending.items[:n].copy(),
                 "meta": np.array([self.trending.half_life_ms, float(self.trending.ref_ms)]),
-                "rows": rows, "cols": cols, "pair_w": weights}
+                "rows": rows, "cols": cols, "pair_w": weights, "baskets": baskets,
+                "seen": list(self._seen)}
 
     @staticmethod
-    def write(path: Path, snap: dict[str, object]) -> None:
-        """Write a snapshot atomically, keyed by product id (blocking: call off the loop)."""
+    def encode(snap: dict[str, object], all_ids: list[str]) -> bytes:
+        """A snapshot as one npz blob keyed by product id (blocking: call off the loop). `all_ids`
+        names every catalog row (basket rows may lie beyond the trending counts)."""
         ids: list[str] = snap["ids"]  # type: ignore[assignment]
         id_array = np.asarray(ids, dtype=str) if ids else np.zeros(0, dtype="<U1")
         rows: np.ndarray = snap["rows"]  # type: ignore[assignment]
         cols: np.ndarray = snap["cols"]  # type: ignore[assignment]
         keep = (rows < id_array.size) & (cols < id_array.size)
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, ids=id_array, trending=snap["trending"], meta=snap["meta"],
+        baskets: list[tuple[int, str, str, list[int]]] = snap["baskets"]  # type: ignore[assignment]
+        items = [all_ids[r] for b in baskets for r in b[3] if r < len(all_ids)]
+        sizes = [sum(1 for r in b[3] if r < len(all_ids)) for b in baskets]
+        out = io.BytesIO()
+        np.savez(out, ids=id_array, trending=snap["trending"], meta=snap["meta"],
                  pair_a=id_array[rows[keep]] if keep.any() else np.zeros(0, "<U1"),
                  pair_b=id_array[cols[keep]] if keep.any() else np.zeros(0, "<U1"),
-                 pair_w=np.asarray(snap["pair_w"])[keep])
-        os.replace(tmp, path)
+                 pair_w=np.asarray(snap["pair_w"])[keep],
+                 basket_kind=np.asarray([b[0] for b in baskets], np.int8),
+                 basket_user=_strings([b[1] for b in baskets]), basket_key=_strings([b[2] for b in baskets]),
+                 basket_size=np.asarray(sizes, np.int64), basket_items=_strings(items),
+                 seen=_strings(snap["seen"]))  # type: ignore[arg-type]
+        return out.getvalue()
 
-    def load(self, path: Path, row_of: dict[str, int]) -> None:
-        """Restore a snapshot written by `save` (ids unknown to the catalog are dropped)."""
-        if not path.exists():
-            return
-        with np.load(path) as data:
+    def restore(self, blob: bytes | Path, row_of: dict[str, int]) -> None:
+        """Load a snapshot from `encode` (or a legacy signals.npz); ids unknown to the catalog are dropped."""
+        with np.load(io.BytesIO(blob) if isinstance(blob, bytes) else blob) as data:
             ids = data["ids"]
             rows = np.fromiter((row_of.get(str(p), -1) for p in ids), np.int64, len(ids))
             ok = rows >= 0
@@ -154,3 +191,19 @@ class Signals:
             b = np.fromiter((row_of.get(str(p), -1) for p in data["pair_b"]), np.int64, len(data["pair_b"]))
             keep = (a >= 0) & (b >= 0)
             self.together = CoOccurrence.from_arrays(a[keep], b[keep], data["pair_w"][keep])
+            if "basket_kind" not in data:  # a snapshot from before baskets were kept
+                return
+            at = 0
+            items = data["basket_items"].tolist()
+            for kind, user, key, size in zip(data["basket_kind"].tolist(), data["basket_user"].tolist(),
+                                             data["basket_key"].tolist(), data["basket_size"].tolist(),
+                                             strict=True):
+                basket_rows = [row_of[p] for p in items[at:at + size] if p in row_of]
+                at += size
+                (self._orders if kind == ORDER else self._carts).touch((user, key), basket_rows)
+            for event_id in data["seen"].tolist():
+                self._seen.touch(event_id, True)
+
+
+def _strings(values: list[str]) -> np.ndarray:
+    return np.asarray(values, dtype=str) if values else np.zeros(0, dtype="<U1")

@@ -54,7 +54,9 @@ def sessions(n: int = 1500, seed: int = 0) -> list[list[str]]:
 
 
 def config_for(data_dir: Path, **overrides: object) -> RecommendationConfig:
-    values: dict[str, object] = {"port": 0, "data_dir": str(data_dir), "snapshot_seconds": 0.0}
+    # no event feed unless a test starts a profile service to follow (tests/recommendation/test_feed.py)
+    values: dict[str, object] = {"port": 0, "data_dir": str(data_dir), "snapshot_seconds": 0.0,
+                                 "follow_events": False}
     values.update(overrides)
     return RecommendationConfig(**values)  # type: ignore[arg-type]
 

@@ -154,7 +154,7 @@ async def evaluate_async(dataset: Dataset, *, strategies: Sequence[str] = DEFAUL
     notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="vitrine-eval-") as tmp:
         config = RecommendationConfig(port=0, data_dir=tmp, snapshot_seconds=0, max_message_mb=TRAIN_MAX_MB,
-                                      log_level="WARNING")
+                                      log_level="WARNING", follow_events=False)  # signals from Observe only
         service = build_service(config)
         running = await build_server(config, service)
         try:

@@ -1,0 +1,156 @@
+"""The real-time signals follow the event log: every profile shard's `FollowEvents` feed, through the
+shared follower (`services/common/follow.py`), one `Follower` per shard.
+
+`EventSignals` is the domain side, a plain class fed with `LoggedEvent`s (and, until the gateway
+stops sending them, with `Observe` events): events feed trending and bought-together, an `Identity`
+moves a visitor's open baskets to the customer, an `Erasure` drops the shopper's baskets (the only
+per-shopper data the service keeps), and events of a shopper without personalization consent are
+left out. It keeps each shard's cursor in step with the in-memory state; the service saves both in
+one LMDB transaction (`store.py`), so a restart resumes each feed where the saved state ends.
+`SignalFeeds` runs the followers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+from services.common.channel import channel_for
+from services.common.config import ServerConfig
+from services.common.follow import FatalFollowError, Follower
+from services.recommendation.catalog import Catalog
+from services.recommendation.config import FOLLOW_EVENTS_BATCH, MAX_SUMMARY_ERRORS
+from services.recommendation.signals import WEIGHTS, Signals
+from vitrine.v1 import common_pb2, profile_pb2, profile_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+FEED_NAME = "recommendation-signals"
+
+
+@dataclass
+class ObserveResult:
+    observed: int = 0
+    ignored: int = 0
+    rejected: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass
+class FeedBatch:
+    """What one batch of feed items did."""
+
+    observed: int = 0
+    ignored: int = 0
+    erasures: int = 0
+    identities: int = 0
+
+
+class EventSignals:
+    def __init__(self, catalog: Catalog, signals: Signals) -> None:
+        self.catalog = catalog
+        self.signals = signals
+        self.cursors: dict[str, int] = {}   # source -> next seq, matching the in-memory state
+
+    def event(self, event: common_pb2.Event, user: str = "") -> bool | str:
+        """Count one event: True if counted, False if it carries no signal (a type without weight,
+        a product not in the catalog yet, a repeated event id), else why it is malformed."""
+        if event.type not in WEIGHTS:
+            return False
+        if not event.product_id:
+            return f"{common_pb2.EventType.Name(event.type)} needs product_id"
+        row = self.catalog.row_of.get(event.product_id)
+        if row is None:
+            return False
+        return self.signals.observe(event, row, int(self.catalog.category[row]), user)
+
+    def observe(self, events: Sequence[common_pb2.Event], result: ObserveResult, start: int = 0) -> None:
+        """The `Observe` path: events counted into `result` (errors name their position)."""
+        for i, event in enumerate(events, start):
+            outcome = self.event(event)
+            if outcome is True:
+                result.observed += 1
+            elif outcome is False:
+                result.ignored += 1
+            else:
+                result.rejected += 1
+                if len(result.errors) < MAX_SUMMARY_ERRORS:
+                    result.errors.append(f"event {i} ({event.event_id[:64]}): {outcome}")
+
+    def apply(self, source: str, items: Sequence[profile_pb2.LoggedEvent]) -> FeedBatch:
+        """One batch of a shard's feed, in order; the source's cursor moves past the last item."""
+        batch = FeedBatch()
+        for item in items:
+            which = item.WhichOneof("item")
+            if which == "event":
+                if item.personalization_off:
+                    batch.ignored += 1
+                    continue
+                # the profile rejected malformed events before logging them
+                if self.event(item.event, item.canonical_user_id) is True:
+                    batch.observed += 1
+                else:
+                    batch.ignored += 1
+            elif which == "erasure":
+                erasure = item.erasure
+                self.signals.erase([erasure.user_id, *erasure.aliases, item.canonical_user_id])
+                batch.erasures += 1
+            elif which == "identity":
+                self.signals.merge_user(item.identity.anonymous_id, item.identity.customer_id)
+                batch.identities += 1
+        if items:
+            self.cursors[source] = items[-1].seq + 1
+        return batch
+
+
+class _ShardCursor:
+    """The follower's view of one shard's cursor (the next seq; 0 = from the oldest kept)."""
+
+    def __init__(self, signals: EventSignals, source: str) -> None:
+        self.signals, self.source = signals, source
+
+    def load(self) -> int:
+        return self.signals.cursors.get(self.source, 0)
+
+
+def _time_of(item: profile_pb2.LoggedEvent) -> int:
+    return item.event.timestamp_ms if item.HasField("event") else 0
+
+
+class SignalFeeds:
+    """Followers of every profile shard feeding one `EventSignals`. The source of shard i is "i" (its
+    place in profile_addresses). `on_erasure` runs after a batch that erased a shopper (the service
+    saves the state then, so the erasure reaches the disk at once)."""
+
+    def __init__(self, signals: EventSignals, addresses: Sequence[str], config: ServerConfig,
+                 on_erasure: Callable[[], Awaitable[None]], batch: int = FOLLOW_EVENTS_BATCH) -> None:
+        self.signals = signals
+        self._channels = [channel_for(a, config) for a in addresses]
+        self.followers: list[Follower[profile_pb2.LoggedEvent]] = []
+        for i, channel in enumerate(self._channels):
+            stub = profile_pb2_grpc.ProfileServiceStub(channel)
+            source = str(i)
+
+            def open_stream(seq: int, stub: profile_pb2_grpc.ProfileServiceStub = stub) -> object:
+                return stub.FollowEvents(profile_pb2.FollowEventsRequest(from_seq=seq, max_batch=batch))
+
+            async def apply(items: Sequence[profile_pb2.LoggedEvent], source: str = source) -> None:
+                if signals.apply(source, items).erasures:
+                    await on_erasure()
+
+            self.followers.append(Follower(f"{FEED_NAME}-{i}", open_stream, _ShardCursor(signals, source),
+                                           on_batch=apply, time_of=_time_of, max_batch=batch))
+
+    def start(self) -> None:
+        for follower in self.followers:
+            follower.start()
+
+    async def stop(self) -> None:
+        for follower in self.followers:
+            try:
+                await follower.stop()
+            except FatalFollowError as exc:  # already logged by the follower when it stopped
+                log.warning("signals feed had stopped: %s", exc)
+        for channel in self._channels:
+            await channel.close()
