@@ -46,6 +46,7 @@ DEFAULT_FREQUENCY_WINDOW_HOURS = 24  # ... in this many hours
 DEFAULT_QUIET_START_HOUR = 21       # quiet hours in the shopper's local time: a message waits
 DEFAULT_QUIET_END_HOUR = 8
 DEFAULT_ATTRIBUTION_DAYS = 5
+ATTRIBUTION_SKEW_MS = 5 * MINUTE_MS  # an open may carry a time this much before the send (clocks differ)
 SEND_RETRY_MS = 60_000              # a backend was unavailable at send time: try again this much later
 TIMER_BATCH = 64                    # due timers taken per pass of the timer loop
 TIMER_CONCURRENCY = 8               # due messages being prepared (backend calls) at once

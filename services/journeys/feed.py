@@ -185,7 +185,9 @@ class FeedApplier:
         if delivery is None and event.type == ET.PURCHASE:
             message_id = self.store.engaged_message(txn, user)
             delivery = self.store.delivery(txn, message_id) if message_id else None
-        if delivery is None or not 0 <= event.timestamp_ms - delivery.created_ms <= self.attribution_ms:
+        if delivery is None:
+            return
+        if not -C.ATTRIBUTION_SKEW_MS <= event.timestamp_ms - delivery.created_ms <= self.attribution_ms:
             return
         add = self.store.add_stat
         journey_id = delivery.journey_id
