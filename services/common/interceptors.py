@@ -1,14 +1,16 @@
 """One server interceptor for the cross-cutting work of every RPC.
 
 It checks the bearer token, refuses calls until the service is ready, caps the
-calls in flight, maps domain errors (services.common.errors) to status codes, and
-records Prometheus metrics. Wrapped handlers are cached per method, so the per-call
+calls in flight, answers requests that do not decode with INVALID_ARGUMENT
+(services.common.decoding), maps domain errors (services.common.errors) to status
+codes, and records Prometheus metrics. Wrapped handlers are cached per method, so the per-call
 cost is a dict lookup and a few clock reads.
 """
 
 from __future__ import annotations
 
 import hmac
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -16,6 +18,7 @@ from typing import Any
 
 import grpc
 
+from services.common.decoding import Undecodable, UndecodableMessage, safe_deserializer
 from services.common.errors import VitrineError
 from services.common.metrics import RPC_IN_FLIGHT, RPC_LATENCY, RPC_REQUESTS
 
@@ -38,6 +41,9 @@ class ServiceGate:
 def _status_of(exc: BaseException) -> grpc.StatusCode:
     if isinstance(exc, VitrineError):
         return getattr(grpc.StatusCode, exc.code_name, grpc.StatusCode.UNKNOWN)
+    if isinstance(exc, NotImplementedError):
+        # The generated servicer base raises it for an RPC of the proto the service does not serve yet.
+        return grpc.StatusCode.UNIMPLEMENTED
     return grpc.StatusCode.UNKNOWN
 
 
@@ -76,7 +82,13 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler:
         method = details.method
         if method.startswith(OPEN_SERVICES):
-            return await continuation(details)
+            open_handler = self._wrapped.get(method)
+            if open_handler is None:
+                inner = await continuation(details)
+                if inner is None:
+                    return None
+                open_handler = self._wrapped[method] = _decoding_only(self.service, method, inner)
+            return open_handler
         handler = self._wrapped.get(method)
         if handler is None:
             inner = await continuation(details)
@@ -136,6 +148,9 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             in_flight.inc()
             code = grpc.StatusCode.OK
             try:
+                if type(request) is Undecodable:
+                    code = grpc.StatusCode.INVALID_ARGUMENT
+                    await context.abort(code, request.message)
                 async for item in behavior(request, context):
                     yield item
                 code = code_after(context)
@@ -150,10 +165,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             finally:
                 finish(started, code)
 
-        kwargs = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
+        kwargs = _safe_kwargs(service, method, handler)
         # Real `async def` closures: grpc.aio runs anything that is not a coroutine or
         # async-generator function in a thread pool.
         unary_inner = handler.unary_unary or handler.stream_unary
@@ -166,6 +178,9 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             in_flight.inc()
             code = grpc.StatusCode.OK
             try:
+                if type(request) is Undecodable:
+                    code = grpc.StatusCode.INVALID_ARGUMENT
+                    await context.abort(code, request.message)
                 response = await unary_inner(request, context)
                 code = code_after(context)
                 return response
@@ -191,3 +206,55 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(streaming, **kwargs)
         return grpc.stream_stream_rpc_method_handler(streaming, **kwargs)
+
+
+def _safe_kwargs(service: str, method: str, handler: grpc.RpcMethodHandler) -> dict[str, Any]:
+    return {
+        "request_deserializer": safe_deserializer(service, method, handler.request_deserializer,
+                                                  stream=bool(handler.request_streaming)),
+        "response_serializer": handler.response_serializer,
+    }
+
+
+def _decoding_only(service: str, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """Health and reflection keep their own handlers; only undecodable requests are answered here."""
+    kwargs = _safe_kwargs(service, method, handler)
+    if handler.unary_unary:
+        inner_unary = handler.unary_unary
+
+        async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if type(request) is Undecodable:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+            return await inner_unary(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(unary, **kwargs)
+    if handler.unary_stream:
+        inner_stream = handler.unary_stream
+
+        if not inspect.isasyncgenfunction(inner_stream):  # health's Watch writes with context.write
+            async def unary_writes(request: Any, context: grpc.aio.ServicerContext) -> None:
+                if type(request) is Undecodable:
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+                await inner_stream(request, context)
+
+            return grpc.unary_stream_rpc_method_handler(unary_writes, **kwargs)
+
+        async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            if type(request) is Undecodable:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+            async for item in inner_stream(request, context):
+                yield item
+
+        return grpc.unary_stream_rpc_method_handler(unary_stream, **kwargs)
+    if handler.stream_stream and inspect.isasyncgenfunction(handler.stream_stream):
+        inner_bidi = handler.stream_stream
+
+        async def stream_stream(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            try:
+                async for item in inner_bidi(requests, context):
+                    yield item
+            except UndecodableMessage as exc:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.message)
+
+        return grpc.stream_stream_rpc_method_handler(stream_stream, **kwargs)
+    return handler

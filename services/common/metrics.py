@@ -26,6 +26,12 @@ RPC_LATENCY = Histogram(
 )
 RPC_IN_FLIGHT = Gauge("vitrine_grpc_server_in_flight", "RPCs being handled", ["service"])
 SERVICE_READY = Gauge("vitrine_service_ready", "1 once the service reports SERVING", ["service"])
+UNDECODABLE_REQUESTS = Counter(
+    "vitrine_grpc_server_undecodable_requests_total",
+    "Request messages whose bytes did not decode as the method's protobuf type (answered "
+    "INVALID_ARGUMENT), by service and method",
+    ["service", "method"],
+)
 ABANDONED_RESPONSES = Counter(
     "vitrine_grpc_server_abandoned_responses_total",
     "Answers gRPC could not send because the caller had already gone (its deadline passed or it "

@@ -34,6 +34,7 @@ from services.common.errors import (
 )
 from services.profile import config as C
 from services.profile import fold
+from services.profile.import_checks import check_imported_profile
 from services.profile.metrics import (
     FEED_FOLLOWERS_AT_HEAD,
     FEED_ITEMS,
@@ -469,6 +470,7 @@ class ProfileEngine:
                              events: Sequence[common_pb2.Event]) -> common_pb2.Profile:
         check_id(profile.user_id, "profile.user_id")
         validate_traits(profile.traits, "profile.traits")
+        check_imported_profile(profile)  # counters, times and amounts in range (reliability, #19)
         now = self.clock()
         cutoff = now - self.retention_days * DAY_MS
         kept = []
