@@ -122,7 +122,7 @@ def _rebuild_daily(profile: common_pb2.Profile, extra: list[tuple[int, int, int]
     del profile.daily_events[:]
     for (d, k), c in sorted(counts.items()):
         if d > newest - C.DAILY_COUNT_DAYS:
-            profile.daily_events.add(day=d, type=k, count=c)
+            profile.daily_events.add(day=d, type=k, count=min(c, COUNT_CEILING_32))
 
 
 def _add_affinity(profile: common_pb2.Profile, category: str, weight: float, t: int, half_life_ms: float) -> None:
@@ -303,6 +303,18 @@ def _set_list(target, values) -> None:  # type: ignore[no-untyped-def]
     target.extend(values)
 
 
+# Merged counters saturate here, half the int32/int64 range, so the +1 of every later event
+# still fits (a billion more events of one shopper before the type's limit).
+COUNT_CEILING_32 = 2**30
+COUNT_CEILING_64 = 2**62
+
+
+def saturating_add(x: int, y: int, wide: bool = False) -> int:
+    """x + y capped at the ceiling: merges repeat, so counters that passed the import range checks
+    (import_checks.py) can still add up past the field's type."""
+    return min(x + y, COUNT_CEILING_64 if wide else COUNT_CEILING_32)
+
+
 def merge_into(
     into: profile_pb2.StoredProfile, other: profile_pb2.StoredProfile, settings: FoldSettings = FoldSettings()
 ) -> None:
@@ -317,7 +329,7 @@ def merge_into(
 
     for name in ("visit_count", "event_count", "purchase_count", "email_opens", "email_clicks",
                  "purchase_sessions", "coupon_uses"):
-        setattr(a, name, getattr(a, name) + getattr(b, name))
+        setattr(a, name, saturating_add(getattr(a, name), getattr(b, name), name == "event_count"))
     a.total_spend += b.total_spend
     for name in ("last_seen_ms", "last_purchase_ms", "last_cart_change_ms", "last_checkout_ms",
                  "last_email_click_ms"):
@@ -329,7 +341,7 @@ def merge_into(
     totals = [0] * N_TYPES
     for src in (into.type_totals, other.type_totals):
         for i, v in enumerate(src[:N_TYPES]):
-            totals[i] += v
+            totals[i] = saturating_add(totals[i], v, True)
     _set_list(into.type_totals, totals)
 
     for ids_name, times_name, limit in (
@@ -463,6 +475,7 @@ def window_counts(profile: common_pb2.Profile, totals, now_ms: int) -> list[comm
         if not total and row is None:
             continue
         row = row or [0] * len(windows)
+        row = [min(n, COUNT_CEILING_32) for n in row]  # a 90-day sum of saturated days must fit int32
         out.append(common_pb2.EventWindowCounts(type=etype, last_1d=row[0], last_7d=row[1], last_30d=row[2],
                                                 last_90d=row[3], total=total))
     return out
