@@ -44,6 +44,8 @@ class WebhookDelivery:
         self.secret = secret
         self._task: asyncio.Task[None] | None = None
         self._client = httpx.AsyncClient(timeout=C.WEBHOOK_TIMEOUT_SECONDS)
+        self.acked = 0
+        self._progress = asyncio.Condition()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="journeys-webhook")
@@ -55,6 +57,11 @@ class WebhookDelivery:
                 await self._task
         await self._client.aclose()
 
+    async def wait_acked(self, n: int) -> None:
+        """Until `n` messages were accepted by the receiver and acked (bound it with wait_for)."""
+        async with self._progress:
+            await self._progress.wait_for(lambda: self.acked >= n)
+
     async def _loop(self) -> None:
         while True:
             try:
@@ -63,7 +70,10 @@ class WebhookDelivery:
                     await self.engine.wait_for_outbox(C.TIMER_IDLE_SECONDS)
                     continue
                 results = await asyncio.gather(*(self._post(m) for m in messages))
-                self.engine.ack([m.message_id for m, ok in zip(messages, results, strict=True) if ok])
+                acked = self.engine.ack([m.message_id for m, ok in zip(messages, results, strict=True) if ok])
+                async with self._progress:
+                    self.acked += acked
+                    self._progress.notify_all()
             except asyncio.CancelledError:
                 raise
             except Exception:
