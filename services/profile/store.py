@@ -467,11 +467,12 @@ class LmdbProfileStore:
                 entry = cache.get(user)
                 if entry is None:
                     loaded = self._load(txn, user)
-                    entry = ([fold.new_state(user_id), None] if loaded is None
-                             else [loaded, fold.rfm_key(loaded.profile)])
+                    state = fold.new_state(user_id) if loaded is None else loaded
+                    # [state, RFM key before, flags]: consent does not change within a group commit
+                    entry = [state, None if loaded is None else fold.rfm_key(loaded.profile),
+                             0 if state.profile.consent.personalization else off]
                     cache[user] = entry
-                state = entry[0]
-                flags = 0 if state.profile.consent.personalization else off
+                state, _, flags = entry
                 apply_event(state, event, flags, settings)
                 seq += 1
                 put(prefix + pack(event.timestamp_ms, seq), FLAG_BYTES[flags], db=events_db)
@@ -479,7 +480,7 @@ class LmdbProfileStore:
                     append=True)
                 results.append(TrackResult(True, user_id, seq))
             changes = []
-            for user, (state, old) in cache.items():
+            for user, (state, old, _) in cache.items():
                 txn.put(user, state.SerializeToString(), db=self.profiles)
                 changes.append((old, fold.rfm_key(state.profile)))
             deltas = self._write_rfm(txn, changes)

@@ -3,7 +3,7 @@
 Order: wait for the services to report SERVING, upsert the catalog
 (RecommendService.UpsertProducts in batches), put the demo segments and offers
 (SegmentService), then one pass over the generated shoppers: events go to the
-profile service in TrackStream batches (routed per user to the right shard with the
+profile service in TrackBatch requests (routed per user to the right shard with the
 gateway's own hash when there are several), cart and purchase events (and recent
 views) to RecommendService.Observe, the visits' product sequences are kept for
 training; then Identify for the shoppers who logged in mid-history (and, at the demo
@@ -55,7 +55,8 @@ DEFAULT_PROFILE = "127.0.0.1:50052"
 DEFAULT_SEGMENTATION = "127.0.0.1:50053"
 DEFAULT_RECOMMENDATION = "127.0.0.1:50054"
 
-EVENT_BATCH = 5_000  # events per TrackStream / Observe call
+EVENT_BATCH = 5_000  # events per Observe call, and per profile flush (sent as TrackBatch chunks)
+TRACK_BATCH_MAX = 1_000  # events per ProfileService.TrackBatch request (the contract's limit)
 PRODUCT_BATCH = 2_000  # products per UpsertProducts call
 BATCH_TIMEOUT_S = 120.0  # deadline of one batch call
 CALL_TIMEOUT_S = 10.0  # unary calls (PutSegment, Identify, ...)
@@ -367,16 +368,19 @@ async def _load_events(cfg: DemoConfig, gen: HistoryGenerator, profile_stubs: li
     observe_since = cfg.end_ms - OBSERVE_VIEW_DAYS * DAY_MS
 
     async def track_batch(stub: Any, shard: int, batch: list[Any]) -> None:
-        summary = await _call(f"TrackStream shard {shard} ({len(batch)} events from {batch[0].event_id})",
-                               lambda: stub.TrackStream(iter(batch), timeout=batch_timeout), report)
-        if summary is None:
-            report.events_rejected += len(batch)
-            return
-        report.events_accepted += summary.accepted
-        report.events_duplicate += summary.duplicates
-        report.events_rejected += summary.rejected
-        for message in list(summary.errors)[:3]:
-            report.error(f"TrackStream: {message}")
+        for start in range(0, len(batch), TRACK_BATCH_MAX):  # one TrackBatch (one group commit) per chunk
+            chunk = batch[start:start + TRACK_BATCH_MAX]
+            request = profile_pb2.TrackBatchRequest(events=chunk)
+            summary = await _call(f"TrackBatch shard {shard} ({len(chunk)} events from {chunk[0].event_id})",
+                                   lambda r=request: stub.TrackBatch(r, timeout=batch_timeout), report)
+            if summary is None:
+                report.events_rejected += len(chunk)
+                continue
+            report.events_accepted += summary.accepted
+            report.events_duplicate += summary.duplicates
+            report.events_rejected += summary.rejected
+            for message in list(summary.errors)[:3]:
+                report.error(f"TrackBatch: {message}")
 
     async def observe_batch(batch: list[Any]) -> None:
         summary = await _call(f"Observe ({len(batch)} events)",
