@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="recommendation address ('' = skip products, Observe and Train)")
     parser.add_argument("--token", default=os.environ.get("VITRINE_AUTH_TOKEN", ""), help="bearer token")
     parser.add_argument("--no-train", action="store_true", help="do not train the recommendation model")
-    parser.add_argument("--batch-size", type=int, default=None, help="events per TrackStream call")
+    parser.add_argument("--batch-size", type=int, default=None, help="events per profile flush (sent as TrackBatch)")
     parser.add_argument("--dry-run", action="store_true", help="only generate and print statistics")
     parser.add_argument("--json", action="store_true", help="with --dry-run: statistics as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
