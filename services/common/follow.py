@@ -386,4 +386,30 @@ class Follower(Generic[T]):
         progress.set()
 
 
-__all__ = ["Backoff", "CursorStore", "FatalFollowError", "FollowStats", "Follower", "LmdbCursor", "MemoryCursor"]
+
+class FollowerGroup:
+    """The followers of one consumer (e.g. one per profile shard) and the channels they read: started
+    together, stopped together (a follower that had stopped on a fatal status is logged, not raised),
+    channels closed after."""
+
+    def __init__(self, label: str, channels: Sequence[grpc.aio.Channel] = ()) -> None:
+        self.label = label
+        self.channels = list(channels)
+        self.followers: list[Follower[Any]] = []
+
+    def start(self) -> None:
+        for follower in self.followers:
+            follower.start()
+
+    async def stop(self) -> None:
+        for follower in self.followers:
+            try:
+                await follower.stop()
+            except FatalFollowError as exc:  # already logged by the follower when it stopped
+                log.warning("%s had stopped: %s", self.label, exc)
+        for channel in self.channels:
+            await channel.close()
+
+
+__all__ = ["Backoff", "CursorStore", "FatalFollowError", "FollowStats", "Follower", "FollowerGroup", "LmdbCursor",
+           "MemoryCursor"]

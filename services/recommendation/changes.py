@@ -34,7 +34,7 @@ def encode_seq(seq: int) -> bytes:
     return _SEQ.pack(seq)
 
 
-def decode_seq(key: bytes) -> int:
+def decode_seq(key: bytes | memoryview) -> int:
     return int(_SEQ.unpack(key)[0])
 
 

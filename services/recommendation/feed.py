@@ -12,19 +12,16 @@ one LMDB transaction (`store.py`), so a restart resumes each feed where the save
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from services.common.channel import channel_for
 from services.common.config import ServerConfig
-from services.common.follow import FatalFollowError, Follower
+from services.common.follow import Follower, FollowerGroup
 from services.recommendation.catalog import Catalog
 from services.recommendation.config import FOLLOW_EVENTS_BATCH, MAX_SUMMARY_ERRORS
 from services.recommendation.signals import WEIGHTS, Signals
 from vitrine.v1 import common_pb2, profile_pb2, profile_pb2_grpc
-
-log = logging.getLogger(__name__)
 
 FEED_NAME = "recommendation-signals"
 
@@ -118,17 +115,15 @@ def _time_of(item: profile_pb2.LoggedEvent) -> int:
     return item.event.timestamp_ms if item.HasField("event") else 0
 
 
-class SignalFeeds:
+class SignalFeeds(FollowerGroup):
     """Followers of every profile shard feeding one `EventSignals`. The source of shard i is "i" (its
     place in profile_addresses). `on_erasure` runs after a batch that erased a shopper (the service
     saves the state then, so the erasure reaches the disk at once)."""
 
     def __init__(self, signals: EventSignals, addresses: Sequence[str], config: ServerConfig,
                  on_erasure: Callable[[], Awaitable[None]], batch: int = FOLLOW_EVENTS_BATCH) -> None:
-        self.signals = signals
-        self._channels = [channel_for(a, config) for a in addresses]
-        self.followers: list[Follower[profile_pb2.LoggedEvent]] = []
-        for i, channel in enumerate(self._channels):
+        super().__init__("signals feed", [channel_for(a, config) for a in addresses])
+        for i, channel in enumerate(self.channels):
             stub = profile_pb2_grpc.ProfileServiceStub(channel)
             source = str(i)
 
@@ -141,16 +136,3 @@ class SignalFeeds:
 
             self.followers.append(Follower(f"{FEED_NAME}-{i}", open_stream, _ShardCursor(signals, source),
                                            on_batch=apply, time_of=_time_of, max_batch=batch))
-
-    def start(self) -> None:
-        for follower in self.followers:
-            follower.start()
-
-    async def stop(self) -> None:
-        for follower in self.followers:
-            try:
-                await follower.stop()
-            except FatalFollowError as exc:  # already logged by the follower when it stopped
-                log.warning("signals feed had stopped: %s", exc)
-        for channel in self._channels:
-            await channel.close()

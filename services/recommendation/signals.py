@@ -21,6 +21,7 @@ import io
 import time
 from collections import OrderedDict
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,20 @@ WEIGHTS = {
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A copy of the signals with catalog rows (`Signals.encode` turns them into product ids)."""
+
+    ids: list[str]                # product id of each trending row
+    trending: np.ndarray          # float64 counts, scaled to meta[1]
+    meta: np.ndarray              # [half_life_ms, ref_ms]
+    rows: np.ndarray              # bought-together pairs: row a, row b, weight
+    cols: np.ndarray
+    pair_w: np.ndarray
+    baskets: list[tuple[int, str, str, list[int]]]   # (ORDER | CART, user, order or session id, rows)
+    seen: list[str]               # recent event ids, oldest first
 
 
 class _Lru(OrderedDict):
@@ -141,39 +156,34 @@ class Signals:
         self.trending.categories = totals.astype(np.float64)
 
     # -- snapshots ---------------------------------------------------------------------------
-    def snapshot(self, ids: list[str]) -> dict[str, object]:
+    def snapshot(self, ids: list[str]) -> Snapshot:
         """Copies of the state (on the event loop: it reads live dicts); `encode` turns rows into ids."""
         n = min(len(ids), self.trending.items.size)
         rows, cols, weights = self.together.to_arrays()
         baskets = [(kind, user, key, list(items))
                    for kind, lru in ((ORDER, self._orders), (CART, self._carts))
                    for (user, key), items in lru.items()]
-        return {"ids": ids[:n], "trending": self.trending.items[:n].copy(),
-                "meta": np.array([self.trending.half_life_ms, float(self.trending.ref_ms)]),
-                "rows": rows, "cols": cols, "pair_w": weights, "baskets": baskets,
-                "seen": list(self._seen)}
+        return Snapshot(ids[:n], self.trending.items[:n].copy(),
+                        np.array([self.trending.half_life_ms, float(self.trending.ref_ms)]),
+                        rows, cols, weights, baskets, list(self._seen))
 
     @staticmethod
-    def encode(snap: dict[str, object], all_ids: list[str]) -> bytes:
+    def encode(snap: Snapshot, all_ids: list[str]) -> bytes:
         """A snapshot as one npz blob keyed by product id (blocking: call off the loop). `all_ids`
         names every catalog row (basket rows may lie beyond the trending counts)."""
-        ids: list[str] = snap["ids"]  # type: ignore[assignment]
-        id_array = np.asarray(ids, dtype=str) if ids else np.zeros(0, dtype="<U1")
-        rows: np.ndarray = snap["rows"]  # type: ignore[assignment]
-        cols: np.ndarray = snap["cols"]  # type: ignore[assignment]
-        keep = (rows < id_array.size) & (cols < id_array.size)
-        baskets: list[tuple[int, str, str, list[int]]] = snap["baskets"]  # type: ignore[assignment]
-        items = [all_ids[r] for b in baskets for r in b[3] if r < len(all_ids)]
-        sizes = [sum(1 for r in b[3] if r < len(all_ids)) for b in baskets]
+        id_array = _strings(snap.ids)
+        keep = (snap.rows < id_array.size) & (snap.cols < id_array.size)
+        items = [all_ids[r] for b in snap.baskets for r in b[3] if r < len(all_ids)]
+        sizes = [sum(1 for r in b[3] if r < len(all_ids)) for b in snap.baskets]
         out = io.BytesIO()
-        np.savez(out, ids=id_array, trending=snap["trending"], meta=snap["meta"],
-                 pair_a=id_array[rows[keep]] if keep.any() else np.zeros(0, "<U1"),
-                 pair_b=id_array[cols[keep]] if keep.any() else np.zeros(0, "<U1"),
-                 pair_w=np.asarray(snap["pair_w"])[keep],
-                 basket_kind=np.asarray([b[0] for b in baskets], np.int8),
-                 basket_user=_strings([b[1] for b in baskets]), basket_key=_strings([b[2] for b in baskets]),
-                 basket_size=np.asarray(sizes, np.int64), basket_items=_strings(items),
-                 seen=_strings(snap["seen"]))  # type: ignore[arg-type]
+        np.savez(out, ids=id_array, trending=snap.trending, meta=snap.meta,
+                 pair_a=id_array[snap.rows[keep]] if keep.any() else _strings([]),
+                 pair_b=id_array[snap.cols[keep]] if keep.any() else _strings([]),
+                 pair_w=snap.pair_w[keep],
+                 basket_kind=np.asarray([b[0] for b in snap.baskets], np.int8),
+                 basket_user=_strings([b[1] for b in snap.baskets]),
+                 basket_key=_strings([b[2] for b in snap.baskets]),
+                 basket_size=np.asarray(sizes, np.int64), basket_items=_strings(items), seen=_strings(snap.seen))
         return out.getvalue()
 
     def restore(self, blob: bytes | Path, row_of: dict[str, int]) -> None:
