@@ -191,7 +191,7 @@ class ProfileEngine:
                     await self._apply_jobs(loop, [job])
                 return
             if not jobs[0].future.done():
-                if isinstance(exc, VitrineError | lmdb.MapFullError):
+                if isinstance(exc, VitrineError | lmdb.MapFullError | lmdb.DiskError):
                     jobs[0].future.set_exception(_mapped(exc))
                 else:
                     log.exception("applying %d events failed", len(events))
@@ -537,6 +537,9 @@ class ProfileEngine:
 def _mapped(exc: BaseException) -> BaseException:
     if isinstance(exc, lmdb.MapFullError):
         return ResourceExhausted("the profile store is full; raise --map-size-mb")
+    if isinstance(exc, lmdb.DiskError):  # ENOSPC on commit; the transaction was not stored (#19)
+        return ResourceExhausted(f"the profile store's disk is full ({exc}); nothing of this write was stored: "
+                                 "free space on the data directory's filesystem and retry")
     return exc
 
 
