@@ -15,10 +15,10 @@ import dataclasses
 import math
 from collections.abc import Callable
 
+from scoring.units import DAY_MS
 from services.profile import config as C
 from vitrine.v1 import common_pb2, profile_pb2
 
-DAY_MS = 86_400_000
 ET = common_pb2.EventType
 N_TYPES = max(ET.values()) + 1
 PAGE_VIEW, PRODUCT_VIEW, CATEGORY_VIEW, SEARCH = ET.PAGE_VIEW, ET.PRODUCT_VIEW, ET.CATEGORY_VIEW, ET.SEARCH
@@ -76,6 +76,46 @@ def _push_recent(ids, times, item: str, t: int, limit: int) -> None:  # type: ig
     if len(ids) > limit:
         del ids[limit:]
         del times[limit:]
+
+
+def _view_counts(state: profile_pb2.StoredProfile) -> list[int]:
+    """Views per recently viewed product; a profile stored before the counts existed counts 1 each."""
+    counts = state.recently_viewed_counts
+    n = len(state.profile.recently_viewed)
+    return list(counts) if len(counts) == n else [1] * n
+
+
+def _push_viewed(state: profile_pb2.StoredProfile, product_id: str, t: int) -> None:
+    """A PRODUCT_VIEW: `recently_viewed` newest first (as _push_recent) with a view count per
+    product, counted from when it entered the list (one that falls out starts again at 1)."""
+    p = state.profile
+    ids, times, counts = p.recently_viewed, state.recently_viewed_ms, state.recently_viewed_counts
+    if len(counts) != len(ids):  # stored before the counts existed
+        _set_list(counts, [1] * len(ids))
+    count = 1
+    if product_id in ids:
+        i = list(ids).index(product_id)
+        count = min(counts[i] + 1, COUNT_CEILING_32)
+        if times[i] >= t:  # a late view of a product seen since: counted, the position stays
+            counts[i] = count
+            return
+        del ids[i]
+        del times[i]
+        del counts[i]
+    pos = 0
+    if times and times[0] > t:
+        n = len(times)
+        while pos < n and times[pos] > t:
+            pos += 1
+    limit = C.RECENTLY_VIEWED_LENGTH
+    if pos < limit:
+        ids.insert(pos, product_id)
+        times.insert(pos, t)
+        counts.insert(pos, count)
+        if len(ids) > limit:
+            del ids[limit:]
+            del times[limit:]
+            del counts[limit:]
 
 
 def _add_daily(profile: common_pb2.Profile, day: int, etype: int, count: int = 1) -> None:
@@ -233,8 +273,7 @@ def apply_event(
 
     if etype == PRODUCT_VIEW:
         if personal:
-            _push_recent(p.recently_viewed, state.recently_viewed_ms, event.product_id, t,
-                         C.RECENTLY_VIEWED_LENGTH)
+            _push_viewed(state, event.product_id, t)
     elif etype == SEARCH:
         if personal:
             _push_recent(p.recent_searches, state.recent_searches_ms, event.query, t, C.RECENT_SEARCHES_LENGTH)
@@ -344,6 +383,10 @@ def merge_into(
             totals[i] = saturating_add(totals[i], v, True)
     _set_list(into.type_totals, totals)
 
+    views: dict[str, int] = {}
+    for side in (into, other):
+        for product, n in zip(side.profile.recently_viewed, _view_counts(side), strict=True):
+            views[product] = min(views.get(product, 0) + n, COUNT_CEILING_32)
     for ids_name, times_name, limit in (
         ("recently_viewed", "recently_viewed_ms", C.RECENTLY_VIEWED_LENGTH),
         ("purchased_product_ids", "purchased_ms", C.PURCHASED_IDS_LENGTH),
@@ -355,6 +398,7 @@ def merge_into(
         ids, times = _merge_recent(ids_a, times_a, ids_b, times_b, limit)
         _set_list(ids_a, ids)
         _set_list(getattr(into, times_name), times)
+    _set_list(into.recently_viewed_counts, [views[product] for product in a.recently_viewed])
 
     orders = list(into.recent_order_ids)
     for order in other.recent_order_ids:
@@ -429,6 +473,7 @@ def clear_behaviour(state: profile_pb2.StoredProfile) -> None:
     p = state.profile
     del p.recently_viewed[:]
     del state.recently_viewed_ms[:]
+    del state.recently_viewed_counts[:]
     del p.recent_searches[:]
     del state.recent_searches_ms[:]
     p.category_affinity.clear()
@@ -498,6 +543,7 @@ def public_view(state: profile_pb2.StoredProfile, now_ms: int, scorer: RfmScorer
     del out.event_counts[:]
     out.event_counts.extend(window_counts(state.profile, state.type_totals, now_ms))
     out.rfm.CopyFrom(rfm_of(state.profile, now_ms, scorer))
+    _set_list(out.recently_viewed_counts, _view_counts(state))
     return out
 
 

@@ -668,6 +668,9 @@ class LmdbProfileStore:
             other.profile.CopyFrom(profile)
             other.profile.user_id = user.decode()
             del other.profile.event_counts[:]
+            # View counts are stored beside the list, not in the stored Profile (as public_view shows them).
+            other.recently_viewed_counts.extend(profile.recently_viewed_counts)
+            del other.profile.recently_viewed_counts[:]
             other.first_context_ms = profile.first_seen_ms
             other.last_context_ms = profile.last_seen_ms
             totals = [0] * fold.N_TYPES
