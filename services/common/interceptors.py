@@ -20,7 +20,7 @@ import grpc
 
 from services.common.decoding import Undecodable, UndecodableMessage, safe_deserializer
 from services.common.errors import VitrineError
-from services.common.metrics import RPC_IN_FLIGHT, RPC_LATENCY, RPC_REQUESTS
+from services.common.metrics import ABANDONED_RESPONSES, RPC_IN_FLIGHT, RPC_LATENCY, RPC_REQUESTS
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,12 @@ def _status_of(exc: BaseException) -> grpc.StatusCode:
         # The generated servicer base raises it for an RPC of the proto the service does not serve yet.
         return grpc.StatusCode.UNIMPLEMENTED
     return grpc.StatusCode.UNKNOWN
+
+
+def _caller_gone(exc: BaseException, context: grpc.aio.ServicerContext) -> bool:
+    """The caller cancelled or its deadline passed, so the answer (an abort included) cannot be
+    sent: gRPC's core raises ExecuteBatchError from the send. Not a server error (#19)."""
+    return type(exc).__name__ == "ExecuteBatchError" or context.cancelled()
 
 
 def _abort_handler(code: grpc.StatusCode, message: str, template: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
@@ -119,6 +125,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         service, gate = self.service, self.gate
         latency = RPC_LATENCY.labels(service, method)
         in_flight = RPC_IN_FLIGHT.labels(service)
+        abandoned = ABANDONED_RESPONSES.labels(method)
         counters: dict[grpc.StatusCode, Any] = {}
 
         def finish(started: float, code: grpc.StatusCode) -> None:
@@ -158,6 +165,10 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 code = code_after(context)
                 raise
             except Exception as exc:
+                if _caller_gone(exc, context):
+                    code = grpc.StatusCode.CANCELLED
+                    abandoned.inc()
+                    return
                 code = _status_of(exc)
                 if code is grpc.StatusCode.UNKNOWN:
                     code = grpc.StatusCode.INTERNAL
@@ -188,6 +199,10 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 code = code_after(context)
                 raise
             except Exception as exc:
+                if _caller_gone(exc, context):
+                    code = grpc.StatusCode.CANCELLED
+                    abandoned.inc()
+                    return None
                 code = _status_of(exc)
                 if code is grpc.StatusCode.UNKNOWN:
                     code = grpc.StatusCode.INTERNAL
