@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 
 from services.common.config import load_config
+from services.common.errors import Unavailable
 from services.common.server import run_service
 from services.journeys.backends import GrpcBackends
 from services.journeys.config import DAY_MS, DEFAULT_PORT, HOUR_MS, SERVICE_NAME, JourneysConfig
@@ -26,7 +28,15 @@ def send_settings(config: JourneysConfig) -> SendSettings:
         quiet_end_hour=config.quiet_end_hour, frequency_cap=config.frequency_cap,
         frequency_window_ms=int(config.frequency_window_hours * HOUR_MS),
         attribution_ms=int(config.attribution_days * DAY_MS),
-        visibility_ms=int(config.visibility_timeout_seconds * 1000))
+        visibility_ms=int(config.visibility_timeout_seconds * 1000),
+        retry_ms=int(config.send_retry_seconds * 1000))
+
+
+class _NotStarted:
+    """The backends before start(): every call says so (the timer loop only runs after start)."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise Unavailable("the journeys service has not started")
 
 
 class JourneysService:
@@ -42,21 +52,26 @@ class JourneysService:
         self.config = config
         self.store = JourneyStore(Path(config.data_dir) / SERVICE_NAME, map_size_mb=config.map_size_mb,
                                   sync=config.sync)
-        self._grpc_backends = GrpcBackends(config) if backends is None else None
-        self.engine = JourneyEngine(self.store, backends or self._grpc_backends,  # type: ignore[arg-type]
-                                    send_settings(config), clock=clock)
-        self.feeds = Feeds(self.engine, config) if config.follow_feeds else None
-        self.webhook = WebhookDelivery(self.engine, config.webhook_url, config.webhook_secret) \
-            if config.webhook_url else None
+        self._backends = backends
+        self._grpc_backends: GrpcBackends | None = None
+        self.engine = JourneyEngine(self.store, backends or _NotStarted(), send_settings(config), clock=clock)
+        self.feeds: Feeds | None = None
+        self.webhook: WebhookDelivery | None = None
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         journey_pb2_grpc.add_JourneyServiceServicer_to_server(JourneyServicer(self.engine), server)
 
     async def start(self) -> None:
+        # Channels and HTTP clients belong to the running event loop: made here, not in __init__.
+        if self._backends is None:
+            self._grpc_backends = GrpcBackends(self.config)
+            self.engine.backends = self._grpc_backends
         await self.engine.start()
-        if self.feeds is not None:
+        if self.config.follow_feeds:
+            self.feeds = Feeds(self.engine, self.config)
             self.feeds.start()
-        if self.webhook is not None:
+        if self.config.webhook_url:
+            self.webhook = WebhookDelivery(self.engine, self.config.webhook_url, self.config.webhook_secret)
             self.webhook.start()
 
     async def stop(self) -> None:

@@ -47,7 +47,7 @@ DEFAULT_QUIET_START_HOUR = 21       # quiet hours in the shopper's local time: a
 DEFAULT_QUIET_END_HOUR = 8
 DEFAULT_ATTRIBUTION_DAYS = 5
 ATTRIBUTION_SKEW_MS = 5 * MINUTE_MS  # an open may carry a time this much before the send (clocks differ)
-SEND_RETRY_MS = 60_000              # a backend was unavailable at send time: try again this much later
+DEFAULT_SEND_RETRY_SECONDS = 60.0   # a backend was unavailable at send time: try again this much later
 TIMER_BATCH = 64                    # due timers taken per pass of the timer loop
 TIMER_CONCURRENCY = 8               # due messages being prepared (backend calls) at once
 TIMER_IDLE_SECONDS = 1.0            # the timer loop looks again at least this often
@@ -110,6 +110,10 @@ class JourneysConfig(ServerConfig):
     visibility_timeout_seconds: float = dataclasses.field(
         default=DEFAULT_VISIBILITY_TIMEOUT_SECONDS,
         metadata={"help": "a pulled message not acked within this is delivered again"},
+    )
+    send_retry_seconds: float = dataclasses.field(
+        default=DEFAULT_SEND_RETRY_SECONDS,
+        metadata={"help": "a due message whose backends are down is tried again after this"},
     )
     webhook_url: str = dataclasses.field(
         default="", metadata={"help": "POST each message as JSON here (and ack it on a 2xx); '' = pull only"}

@@ -56,6 +56,7 @@ class SendSettings:
     frequency_window_ms: int = C.DEFAULT_FREQUENCY_WINDOW_HOURS * C.HOUR_MS
     attribution_ms: int = C.DEFAULT_ATTRIBUTION_DAYS * C.DAY_MS
     visibility_ms: int = int(C.DEFAULT_VISIBILITY_TIMEOUT_SECONDS * 1000)
+    retry_ms: int = int(C.DEFAULT_SEND_RETRY_SECONDS * 1000)
 
 
 @dataclasses.dataclass
@@ -161,7 +162,7 @@ async def prepare(machine: Machine, user: str, state: JourneyState, now_ms: int,
         items.extend(await _recommended(machine, profile, trigger, backends))
     except Unavailable as exc:
         log.warning("journey %s for %s: %s; trying again later", journey.journey_id, user, exc.message)
-        return Outcome(WAIT, "backend_unavailable", due_ms=now_ms + C.SEND_RETRY_MS)
+        return Outcome(WAIT, "backend_unavailable", due_ms=now_ms + settings.retry_ms)
     message = journey_pb2.Message(
         message_id=message_id(journey.journey_id, user, state.entry), journey_id=journey.journey_id,
         kind=journey.kind, user_id=profile.user_id or user, customer_id=profile.customer_id,
