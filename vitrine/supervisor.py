@@ -104,11 +104,17 @@ def _console_flags(layout: SuiteLayout) -> list[str]:
             "--recommendation-address", layout.address("recommendation"), "--journeys-address", journeys]
 
 
+def _journeys_flags(layout: SuiteLayout) -> list[str]:
+    return [*_backend_flags(layout), "--segmentation-address", layout.address("segmentation"),
+            "--recommendation-address", layout.address("recommendation")]
+
+
 # Start order: profile shards first, gateway after its backends. Add a service with one entry.
 SERVICES: list[ServiceSpec] = [
     ServiceSpec("profile", "services.profile", 50052, lambda layout: [], sharded=True),
     ServiceSpec("segmentation", "services.segmentation", 50053, _backend_flags),
     ServiceSpec("recommendation", "services.recommendation", 50054, _backend_flags),
+    ServiceSpec("journeys", "services.journeys", 50055, _journeys_flags),
     ServiceSpec("gateway", "services.gateway", 50051, _gateway_flags),
     ServiceSpec("console", "services.console", 8080, _console_flags, health="http"),
 ]

@@ -55,6 +55,9 @@ def _load_demo(layout: SuiteLayout, args: argparse.Namespace) -> None:
         overrides["n_shoppers"] = args.demo_shoppers
     config = DemoConfig(**overrides)
     started = time.monotonic()
+    if "journeys" in layout.ports:  # journeys first: the demo's events then produce due messages
+        from vitrine.demo.journeys import put_demo_journeys
+        asyncio.run(put_demo_journeys(layout.address("journeys"), layout.auth_token))
     report = asyncio.run(load_demo(
         config,
         profile_addresses=layout.profile_addresses(),
