@@ -182,7 +182,8 @@ class RecommendationService:
         for channel in self._channels.values():
             await channel.close()
         self._channels.clear()
-        self.catalog.close()
+        async with self._write_lock:  # a commit still running (shielded from its caller) finishes first
+            self.catalog.close()
 
     async def _load_signals(self) -> None:
         """The saved signals and feed cursors (or, once, a snapshot file from before they moved into LMDB)."""
