@@ -205,7 +205,11 @@ class RecommendationService:
             self.feeds.start()
 
     async def save_signals(self) -> None:
-        """The signals and the feed cursors they have consumed, in one LMDB transaction."""
+        """The signals and the feed cursors they have consumed, in one LMDB transaction. Shielded: a
+        periodic save cancelled at stop still finishes (holding the lock) before stop saves and closes."""
+        await asyncio.shield(self._save_signals())
+
+    async def _save_signals(self) -> None:
         assert self.signal_store is not None
         async with self._save_lock:
             ids = list(self.catalog.ids)
