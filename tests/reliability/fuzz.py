@@ -21,10 +21,10 @@ from google.protobuf import descriptor_pool
 from google.protobuf.descriptor import MethodDescriptor
 
 from tests.reliability.hostile import HostileMessages
-from vitrine.v1 import gateway_pb2, profile_pb2, recommend_pb2, segment_pb2
+from vitrine.v1 import gateway_pb2, journey_pb2, profile_pb2, recommend_pb2, segment_pb2
 
 # The generated modules register their services in the default descriptor pool.
-_REGISTERED = (gateway_pb2, profile_pb2, recommend_pb2, segment_pb2)
+_REGISTERED = (gateway_pb2, journey_pb2, profile_pb2, recommend_pb2, segment_pb2)
 
 # A clear answer a caller can act on. UNIMPLEMENTED: an RPC of the contract not built yet.
 ACCEPTED_CODES = frozenset({

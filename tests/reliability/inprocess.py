@@ -65,6 +65,15 @@ async def start_inprocess_suite(root: Path, *, with_demo: bool = True,
                                   recommendation_address=servers["recommendation"].address,
                                   trending_refresh_seconds=0.5, deadline_ms=500, auth_token=auth_token)
         servers["gateway"] = await build_server(gw_config, GatewayService(gw_config))
+        if journeys_available():
+            from services.journeys.app import build_service as build_journeys
+            from services.journeys.config import JourneysConfig
+
+            jr_config = JourneysConfig(port=0, data_dir=str(root / "journeys"), profile_addresses=profiles,
+                                       recommendation_address=servers["recommendation"].address,
+                                       segmentation_address=servers["segmentation"].address,
+                                       auth_token=auth_token)
+            servers["journeys"] = await build_server(jr_config, build_journeys(jr_config))
         if with_demo:
             from vitrine.demo.config import DemoConfig
             from vitrine.demo.loader import load_demo
@@ -81,6 +90,12 @@ async def start_inprocess_suite(root: Path, *, with_demo: bool = True,
         await suite.close()
         raise
     return suite
+
+
+def journeys_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("services.journeys.app") is not None
 
 
 def _metadata(token: str) -> Sequence[tuple[str, str]] | None:

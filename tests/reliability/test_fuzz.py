@@ -18,7 +18,7 @@ import pytest_asyncio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.reliability.fuzz import Tally, fuzz_method, methods_of, server_failures, summary
-from tests.reliability.inprocess import InProcessSuite, protected_state, start_inprocess_suite
+from tests.reliability.inprocess import InProcessSuite, journeys_available, protected_state, start_inprocess_suite
 
 FAST_REQUESTS = int(os.environ.get("VITRINE_FUZZ_FAST_REQUESTS", "150"))
 SLOW_REQUESTS = int(os.environ.get("VITRINE_FUZZ_SLOW_REQUESTS", "10000"))
@@ -32,6 +32,8 @@ SERVICES = {
     "recommendation": "vitrine.v1.RecommendService",
     "gateway": "vitrine.v1.PersonalizationService",
 }
+if journeys_available():
+    SERVICES["journeys"] = "vitrine.v1.JourneyService"
 TARGETS = [(name, m.name) for name, full in SERVICES.items() for m in methods_of(full)]
 TARGETS += [(name, "grpc.health.v1.Health/Check") for name in SERVICES]
 RESULTS: list[Tally] = []

@@ -18,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.channel import open_channel
 from tests.reliability.fuzz import methods_of
-from tests.reliability.inprocess import InProcessSuite, start_inprocess_suite
+from tests.reliability.inprocess import InProcessSuite, journeys_available, start_inprocess_suite
 from vitrine.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, profile_pb2
 
 TOKEN = "s3cret-token"
@@ -28,6 +28,8 @@ SERVICES = {
     "recommendation": "vitrine.v1.RecommendService",
     "gateway": "vitrine.v1.PersonalizationService",
 }
+if journeys_available():
+    SERVICES["journeys"] = "vitrine.v1.JourneyService"
 BAD_HEADERS = [None, ("authorization", "Bearer wrong"), ("authorization", TOKEN), ("authorization", "")]
 
 
