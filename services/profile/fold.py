@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from scoring.units import DAY_MS
+from services.common.errors import InvalidArgument
 from services.profile import config as C
 from vitrine.v1 import common_pb2, profile_pb2
 
@@ -466,6 +467,78 @@ def merge_into(
         a.registered = True
         if not a.customer_id:
             a.customer_id = b.customer_id
+
+
+# ---------------------------------------------------------------------------------------------
+# Account rules (Identify, SetConsent, ImportProfile): the domain decisions, apart from storage
+
+
+def set_traits(profile: common_pb2.Profile, traits: Mapping[str, str]) -> None:
+    """Identify's traits win over the stored ones (last write wins); at most MAX_TRAITS in all,
+    else INVALID_ARGUMENT and the profile is unchanged."""
+    if not traits:
+        return
+    merged = dict(profile.traits)
+    merged.update(traits)
+    if len(merged) > C.MAX_TRAITS:
+        raise InvalidArgument(f"traits: the profile would have {len(merged)} traits; "
+                              f"at most {C.MAX_TRAITS} are allowed")
+    profile.traits.update(traits)
+
+
+def register(profile: common_pb2.Profile, customer_id: str) -> bool:
+    """Mark the profile as a registered customer's; True when it was not registered before."""
+    first = not profile.registered
+    profile.registered = True
+    if not profile.customer_id:
+        profile.customer_id = customer_id
+    return first
+
+
+def apply_consent(state: profile_pb2.StoredProfile, consent: common_pb2.Consent, now_ms: int) -> bool:
+    """Store a consent decision made at `consent.updated_ms` (0 = now). A decision older than the
+    stored one is ignored (False). Withdrawing personalization forgets the behavioural signals."""
+    updated = consent.updated_ms or now_ms
+    current = state.profile.consent
+    if updated < current.updated_ms:
+        return False
+    was_on = current.personalization
+    current.CopyFrom(consent)
+    current.updated_ms = updated
+    if was_on and not consent.personalization:
+        clear_behaviour(state)
+    return True
+
+
+def imported_state(profile: common_pb2.Profile, user_id: str,
+                   into: profile_pb2.StoredProfile) -> profile_pb2.StoredProfile:
+    """A public Profile read on another shard as a StoredProfile that merge_into can add to `into`:
+    all-time totals from its event counts (or daily counts), list item times from its seen times,
+    view counts beside the list, and its affinity shares scaled to `into`'s stored magnitude."""
+    other = profile_pb2.StoredProfile()
+    other.profile.CopyFrom(profile)
+    other.profile.user_id = user_id
+    del other.profile.event_counts[:]
+    other.recently_viewed_counts.extend(profile.recently_viewed_counts)
+    del other.profile.recently_viewed_counts[:]
+    other.first_context_ms = profile.first_seen_ms
+    other.last_context_ms = profile.last_seen_ms
+    totals = [0] * N_TYPES
+    if profile.event_counts:
+        for row in profile.event_counts:
+            if 0 < row.type < N_TYPES:
+                totals[row.type] += row.total
+    else:
+        for row in profile.daily_events:
+            if 0 < row.type < N_TYPES:
+                totals[row.type] += row.count
+    other.type_totals.extend(totals)
+    # The imported map holds shares (they sum to 1); the stored one holds decayed scores.
+    if other.profile.category_affinity and into.profile.category_affinity:
+        scale = sum(into.profile.category_affinity.values())
+        for key in list(other.profile.category_affinity):
+            other.profile.category_affinity[key] *= scale
+    return other
 
 
 def clear_behaviour(state: profile_pb2.StoredProfile) -> None:
