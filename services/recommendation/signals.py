@@ -20,9 +20,10 @@ from __future__ import annotations
 import io
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -69,12 +70,19 @@ class Snapshot:
     seen: list[str]               # recent event ids, oldest first
 
 
-class _Lru(OrderedDict):
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+Basket = tuple[str, str]   # (shopper id, order or session id)
+
+
+class _Lru(OrderedDict[K, V]):
+    """A dict that forgets its least recently touched keys beyond `limit`."""
+
     def __init__(self, limit: int) -> None:
         super().__init__()
         self.limit = limit
 
-    def touch(self, key: object, default: object) -> object:
+    def touch(self, key: K, default: V) -> V:
         value = self.get(key)
         if value is None:
             value = self[key] = default
@@ -88,9 +96,9 @@ class Signals:
     def __init__(self, half_life_ms: float) -> None:
         self.trending = DecayingCounter(half_life_ms)
         self.together = CoOccurrence()
-        self._orders = _Lru(MAX_OPEN_BASKETS)
-        self._carts = _Lru(MAX_OPEN_BASKETS)
-        self._seen = _Lru(SEEN_EVENT_IDS)
+        self._orders: _Lru[Basket, list[int]] = _Lru(MAX_OPEN_BASKETS)
+        self._carts: _Lru[Basket, list[int]] = _Lru(MAX_OPEN_BASKETS)
+        self._seen: _Lru[str, bool] = _Lru(SEEN_EVENT_IDS)
 
     def observe(self, event: common_pb2.Event, row: int, category: int, user: str = "") -> bool:
         """Count one validated product event (`row` = catalog row); False if it was a repeat.
@@ -107,10 +115,10 @@ class Signals:
         user = user or event.user_id
         if event.type == common_pb2.PURCHASE and event.order_id:
             basket = self._orders.touch((user, event.order_id), [])
-            self._pair(basket, row, CO_PURCHASE_WEIGHT)  # type: ignore[arg-type]
+            self._pair(basket, row, CO_PURCHASE_WEIGHT)
         elif event.type == common_pb2.ADD_TO_CART:
             basket = self._carts.touch((user, event.session_id), [])
-            self._pair(basket, row, CO_CART_WEIGHT)  # type: ignore[arg-type]
+            self._pair(basket, row, CO_CART_WEIGHT)
         return True
 
     def erase(self, users: Iterable[str]) -> int:
@@ -133,8 +141,8 @@ class Signals:
                 rows = baskets.pop(key)
                 target = baskets.touch((customer_id, key[1]), [])
                 for row in rows:
-                    if row not in target and len(target) < MAX_BASKET_ITEMS:  # type: ignore[operator, arg-type]
-                        target.append(row)  # type: ignore[attr-defined]
+                    if row not in target and len(target) < MAX_BASKET_ITEMS:
+                        target.append(row)
 
     def basket_users(self) -> set[str]:
         """Every shopper id an open basket is kept under (tests, erasure checks)."""
