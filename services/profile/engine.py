@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
@@ -505,15 +506,13 @@ class ProfileEngine:
         events = keys = 0
         start: bytes | None = b""
         while start is not None:
-            begin = start
-            n, start = await self._write(lambda b=begin: self.writes.purge_events(cutoff_ms, b, C.PURGE_CHUNK_KEYS))
+            n, start = await self._write(functools.partial(self.writes.purge_events, cutoff_ms, start,
+                                                           C.PURGE_CHUNK_KEYS))
             events += n
         start = b""
         while start is not None:
-            begin = start
-            n, start = await self._write(
-                lambda b=begin: self.writes.expire_idempotency(cutoff_s, b, C.PURGE_CHUNK_KEYS)
-            )
+            n, start = await self._write(functools.partial(self.writes.expire_idempotency, cutoff_s, start,
+                                                           C.PURGE_CHUNK_KEYS))
             keys += n
         trimmed = 0
         done = False

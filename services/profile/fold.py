@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, MutableSequence, Sequence
+from typing import Any
 
 from scoring.units import DAY_MS
 from services.common.errors import InvalidArgument
@@ -56,7 +57,7 @@ def new_state(user_id: str) -> profile_pb2.StoredProfile:
     return state
 
 
-def _push_recent(ids, times, item: str, t: int, limit: int) -> None:  # type: ignore[no-untyped-def]
+def _push_recent(ids: MutableSequence[str], times: MutableSequence[int], item: str, t: int, limit: int) -> None:
     """Newest-first bounded list without duplicates, `times` parallel to `ids`."""
     if item in ids:
         i = list(ids).index(item)
@@ -314,7 +315,8 @@ def apply_event(
 # Merge
 
 
-def _merge_recent(ids_a, times_a, ids_b, times_b, limit: int) -> tuple[list[str], list[int]]:  # type: ignore[no-untyped-def]
+def _merge_recent(ids_a: Sequence[str], times_a: Sequence[int], ids_b: Sequence[str], times_b: Sequence[int],
+                  limit: int) -> tuple[list[str], list[int]]:
     pairs = sorted(zip(list(times_a) + list(times_b), list(ids_a) + list(ids_b), strict=True),
                    key=lambda x: -x[0])
     seen: set[str] = set()
@@ -331,14 +333,14 @@ def _merge_recent(ids_a, times_a, ids_b, times_b, limit: int) -> tuple[list[str]
     return out_ids, out_times
 
 
-def _times_for(ids, times, fallback_ms: int) -> list[int]:  # type: ignore[no-untyped-def]
+def _times_for(ids: Sequence[str], times: Sequence[int], fallback_ms: int) -> list[int]:
     """Item times, or (for an imported Profile without them) times spaced back from `fallback_ms`."""
     if len(times) == len(ids):
         return list(times)
     return [fallback_ms - i for i in range(len(ids))]
 
 
-def _set_list(target, values) -> None:  # type: ignore[no-untyped-def]
+def _set_list(target: MutableSequence[Any], values: Iterable[Any]) -> None:
     del target[:]
     target.extend(values)
 
@@ -415,8 +417,8 @@ def merge_into(
         scale_a = 2.0 ** (-(ref - ref_a) / half_life) if a.category_affinity else 1.0
         scale_b = 2.0 ** (-(ref - ref_b) / half_life)
         merged = {k: v * scale_a for k, v in a.category_affinity.items()}
-        for k, v in b.category_affinity.items():
-            merged[k] = merged.get(k, 0.0) + v * scale_b
+        for k, share in b.category_affinity.items():
+            merged[k] = merged.get(k, 0.0) + share * scale_b
         top = sorted(merged.items(), key=lambda kv: -kv[1])[: C.AFFINITY_CATEGORIES]
         a.category_affinity.clear()
         a.category_affinity.update(dict(top))
@@ -529,9 +531,9 @@ def imported_state(profile: common_pb2.Profile, user_id: str,
             if 0 < row.type < N_TYPES:
                 totals[row.type] += row.total
     else:
-        for row in profile.daily_events:
-            if 0 < row.type < N_TYPES:
-                totals[row.type] += row.count
+        for day in profile.daily_events:
+            if 0 < day.type < N_TYPES:
+                totals[day.type] += day.count
     other.type_totals.extend(totals)
     # The imported map holds shares (they sum to 1); the stored one holds decayed scores.
     if other.profile.category_affinity and into.profile.category_affinity:
@@ -573,7 +575,8 @@ def rfm_of(profile: common_pb2.Profile, now_ms: int, scorer: RfmScorer | None) -
                           monetary=profile.total_spend, r_score=r, f_score=f, m_score=m)
 
 
-def window_counts(profile: common_pb2.Profile, totals, now_ms: int) -> list[common_pb2.EventWindowCounts]:  # type: ignore[no-untyped-def]
+def window_counts(profile: common_pb2.Profile, totals: Sequence[int],
+                  now_ms: int) -> list[common_pb2.EventWindowCounts]:
     """Per event type: events today and in the last 7, 30 and 90 days (UTC days, today included)."""
     today = now_ms // DAY_MS
     windows = C.EVENT_WINDOWS_DAYS
@@ -589,17 +592,16 @@ def window_counts(profile: common_pb2.Profile, totals, now_ms: int) -> list[comm
     out = []
     for etype in range(1, N_TYPES):
         total = totals[etype] if etype < len(totals) else 0
-        row = by_type.get(etype)
-        if not total and row is None:
+        sums = by_type.get(etype)
+        if not total and sums is None:
             continue
-        row = row or [0] * len(windows)
-        row = [min(n, COUNT_CEILING_32) for n in row]  # a 90-day sum of saturated days must fit int32
-        out.append(common_pb2.EventWindowCounts(type=etype, last_1d=row[0], last_7d=row[1], last_30d=row[2],
-                                                last_90d=row[3], total=total))
+        row = [min(n, COUNT_CEILING_32) for n in sums or [0] * len(windows)]  # 90 saturated days must fit int32
+        out.append(common_pb2.EventWindowCounts(type=common_pb2.EventType.ValueType(etype), last_1d=row[0],
+                                                last_7d=row[1], last_30d=row[2], last_90d=row[3], total=total))
     return out
 
 
-def affinity_shares(raw) -> dict[str, float]:  # type: ignore[no-untyped-def]
+def affinity_shares(raw: Mapping[str, float]) -> dict[str, float]:
     total = sum(raw.values())
     if total <= 0 or not math.isfinite(total):
         return {}
