@@ -20,7 +20,7 @@ import pytest
 from tests.k8s.conftest import OVERLAYS, ROOT, pod_spec, render
 
 COMPILERS = {"gcc", "g++", "cc", "c++", "clang", "build-essential", "make", "cmake", "python3-dev", "libc6-dev"}
-CONTRACT_PORTS = ("50051", "50052", "50053", "50054")
+CONTRACT_PORTS = ("50051", "50052", "50053", "50054", "50055")
 
 
 @dataclass

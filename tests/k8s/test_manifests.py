@@ -27,7 +27,8 @@ from tests.k8s.conftest import (
     render,
 )
 
-CONTRACT_PORTS = {"gateway": 50051, "profile": 50052, "segmentation": 50053, "recommendation": 50054}
+CONTRACT_PORTS = {"gateway": 50051, "profile": 50052, "segmentation": 50053, "recommendation": 50054,
+                  "journeys": 50055}
 NAMESPACES = {"dev": "vitrine-dev", "prod": "vitrine"}
 DATA_DIR = "/var/lib/vitrine"
 MODELS_DIR = f"{DATA_DIR}/recommendation/models"
@@ -87,7 +88,7 @@ def test_every_object_passes_the_kubernetes_schema(name: str, version: str) -> N
 
 def test_the_suite_is_complete(objects: list[dict[str, Any]]) -> None:
     assert set(by_kind(objects, "Deployment")) == {
-        "gateway", "segmentation", "recommendation", "recommendation-trainer"}
+        "gateway", "segmentation", "recommendation", "recommendation-trainer", "journeys"}
     assert set(by_kind(objects, "StatefulSet")) == {"profile"}
     assert set(by_kind(objects, "CronJob")) == {"vitrine-train"}
     assert set(by_kind(objects, "PodDisruptionBudget")) == {"gateway", "segmentation", "recommendation", "profile"}
@@ -349,7 +350,7 @@ def test_dev_is_small_and_prod_is_spread(overlay: str, objects: list[dict[str, A
     for obj in _workloads(objects):
         name = obj["metadata"]["name"]
         replicas = autoscaled[name] if name in autoscaled else obj["spec"]["replicas"]
-        if overlay == "dev" or name == "recommendation-trainer":
+        if overlay == "dev" or name in ("recommendation-trainer", "journeys"):  # journeys: one LMDB writer
             assert replicas == 1, name
             continue
         assert replicas >= 3, name

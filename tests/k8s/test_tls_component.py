@@ -25,7 +25,8 @@ from tests.k8s import kustomize_lite
 from tests.k8s.conftest import K8S, SCHEMA_VERSIONS, by_kind, config_data, pod_spec
 from tests.k8s.test_kustomize_lite import _assert_like_real_kustomize
 
-CONTRACT_PORTS = {"gateway": 50051, "profile": 50052, "segmentation": 50053, "recommendation": 50054}
+CONTRACT_PORTS = {"gateway": 50051, "profile": 50052, "segmentation": 50053, "recommendation": 50054,
+                  "journeys": 50055}
 TLS_DIR = "/etc/vitrine/tls"
 
 
@@ -82,7 +83,7 @@ def test_tls_settings_point_into_the_mounted_secret(tls_objects: list[dict[str, 
 
 def test_every_probe_checks_health_over_tls(tls_objects: list[dict[str, Any]]) -> None:
     probes = _probes(tls_objects)
-    assert len(probes) == 15
+    assert len(probes) == 18
     for service, kind, probe in probes:
         assert "grpc" not in probe, (service, kind)
         command = probe["exec"]["command"]

@@ -6,8 +6,8 @@ import argparse
 import importlib
 
 NAME = "serve"
-HELP = "run one service (profile, segmentation, recommendation, gateway, console) until SIGTERM"
-SERVICES = ("profile", "segmentation", "recommendation", "gateway", "console")
+HELP = "run one service (profile, segmentation, recommendation, journeys, gateway, console) until SIGTERM"
+SERVICES = ("profile", "segmentation", "recommendation", "journeys", "gateway", "console")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
