@@ -20,6 +20,7 @@ import lmdb
 
 from services.common.errors import VitrineError
 from services.recommendation.config import FOLLOW_READ_BATCH, MAX_KEPT_CHANGES
+from services.recommendation.metrics import CATALOG_CHANGES, CATALOG_FEED_ITEMS, CATALOG_FOLLOWERS
 from vitrine.v1 import common_pb2, recommend_pb2
 
 CHANGES_DB = b"catalog changes"   # contains a space: can never be a product id in the main database
@@ -109,8 +110,10 @@ class ChangeFeed:
         self._condition = asyncio.Condition()
 
     async def published(self, last_seq: int) -> None:
+        """Called after the commit of the changes up to `last_seq`."""
         if last_seq <= self.last_seq:
             return
+        CATALOG_CHANGES.inc(last_seq - self.last_seq)
         async with self._condition:
             self.last_seq = last_seq
             self._condition.notify_all()
@@ -138,14 +141,19 @@ async def follow(log: ChangeLog, feed: ChangeFeed, from_seq: int,
     if cursor < first:
         raise OutOfRange(f"changes before seq {first} were pruned (the newest {log.keep} are kept); "
                          f"follow from {first} or 0 and reconcile stock from the catalog")
-    while True:
-        changes = log.read(cursor, batch)
-        if not changes:
-            await feed.wait_beyond(cursor - 1)
-            continue
-        if changes[0].seq != cursor:
-            raise OutOfRange(f"changes from seq {cursor} were pruned while this follower was behind; "
-                             f"follow again from {changes[0].seq} or 0")
-        for change in changes:
-            yield change
-        cursor = changes[-1].seq + 1
+    CATALOG_FOLLOWERS.inc()
+    try:
+        while True:
+            changes = log.read(cursor, batch)
+            if not changes:
+                await feed.wait_beyond(cursor - 1)
+                continue
+            if changes[0].seq != cursor:
+                raise OutOfRange(f"changes from seq {cursor} were pruned while this follower was behind; "
+                                 f"follow again from {changes[0].seq} or 0")
+            for change in changes:
+                yield change
+            CATALOG_FEED_ITEMS.inc(len(changes))
+            cursor = changes[-1].seq + 1
+    finally:
+        CATALOG_FOLLOWERS.dec()

@@ -20,6 +20,7 @@ from services.common.config import ServerConfig
 from services.common.follow import Follower, FollowerGroup
 from services.recommendation.catalog import Catalog
 from services.recommendation.config import FOLLOW_EVENTS_BATCH, MAX_SUMMARY_ERRORS
+from services.recommendation.metrics import SIGNAL_ERASURES
 from services.recommendation.signals import WEIGHTS, Signals
 from vitrine.v1 import common_pb2, profile_pb2, profile_pb2_grpc
 
@@ -93,6 +94,7 @@ class EventSignals:
                 erasure = item.erasure
                 self.signals.erase([erasure.user_id, *erasure.aliases, item.canonical_user_id])
                 batch.erasures += 1
+                SIGNAL_ERASURES.inc()
             elif which == "identity":
                 self.signals.merge_user(item.identity.anonymous_id, item.identity.customer_id)
                 batch.identities += 1

@@ -27,6 +27,7 @@ from services.recommendation.candidates import SRC_FOR_YOU, SRC_LIST, Candidates
 from services.recommendation.catalog import Catalog
 from services.recommendation.config import RANK_CATEGORY_WEIGHT, RANK_PERSONAL_MIN_SIMILARITY, RANK_WEIGHTS
 from services.recommendation.engine import Recommender, Result
+from services.recommendation.metrics import RANK_UNKNOWN_PRODUCTS
 from services.recommendation.model import Model
 from services.recommendation.query import Query, RankQuery, Shopper, validate_rank
 from services.recommendation.retrieval import ForYouParams, for_you_category_boost, for_you_query_vector
@@ -107,6 +108,8 @@ class ListRanker:
         ids = list(dict.fromkeys(q.product_ids))
         rows = cat.rows(ids)
         unknown = int((rows < 0).sum())
+        if unknown:
+            RANK_UNKNOWN_PRODUCTS.inc(unknown)
         rows = rows[rows >= 0]
         if not rows.size:
             return Result([], STRATEGY_USED, True, version, unknown)

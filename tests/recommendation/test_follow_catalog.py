@@ -10,6 +10,7 @@ from pathlib import Path
 import grpc
 import lmdb
 import pytest
+from prometheus_client import REGISTRY
 
 from services.recommendation.app import build_service
 from services.recommendation.changes import ChangeLog
@@ -78,6 +79,7 @@ async def test_live_changes_reach_a_waiting_follower(empty: Harness) -> None:
     try:
         first = [await asyncio.wait_for(call.read(), WAIT) for _ in range(2)]
         assert [c.seq for c in first] == [1, 2]
+        assert (REGISTRY.get_sample_value("vitrine_recommendation_catalog_followers") or 0) >= 1
         # caught up: the follower now waits; each new commit wakes it
         for stock in (0, 3):
             await empty.stock([recommend_pb2.StockUpdate(product_id="p1", stock=stock)])

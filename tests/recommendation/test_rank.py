@@ -6,6 +6,7 @@ from __future__ import annotations
 import grpc
 import numpy as np
 import pytest
+from prometheus_client import REGISTRY
 
 from scoring.list_rank import ListWeights, gather, list_scores, list_scores_reference
 from services.recommendation.config import MAX_RANK_IDS
@@ -96,10 +97,12 @@ async def test_budget_demotes_what_the_shopper_would_not_pay(store: Harness) -> 
 
 
 async def test_unknown_ids_are_dropped_and_counted_and_repeats_count_once(store: Harness) -> None:
+    before = REGISTRY.get_sample_value("vitrine_recommendation_rank_unknown_products_total") or 0.0
     listed = ["nope-1", product_id(SHOES, 12), "nope-2", product_id(SHOES, 11), product_id(SHOES, 12)]
     response = await rank(store, listed)
     assert ids(response) == [product_id(SHOES, 12), product_id(SHOES, 11)]
     assert response.unknown_products == 2
+    assert REGISTRY.get_sample_value("vitrine_recommendation_rank_unknown_products_total") == before + 2
     nothing_known = await rank(store, ["nope-1", "nope-2"])
     assert not nothing_known.items and nothing_known.unknown_products == 2 and nothing_known.strategy_used == "RANK"
     empty = await rank(store, [])
