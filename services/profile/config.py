@@ -54,6 +54,11 @@ LOCAL_APPLY_MAX_EVENTS = 2          # group commits of at most this many events 
 WRITER_START_TIMEOUT_SECONDS = 60.0 # the writer process must open the store within this
 WRITER_STOP_TIMEOUT_SECONDS = 30.0  # ... and finish its transaction on shutdown, or it is killed
 
+# Storage.
+DEFAULT_MAP_SIZE_MB = 16_384        # LMDB map size (virtual address space; the file grows as needed)
+LMDB_MAX_READERS = 512              # concurrent read transactions (reads run on many threads)
+SCAN_VISIT_FACTOR = 8               # ScanEvents visits at most this many rows per row it returns per read
+
 # The feed (FollowEvents).
 FEED_DEFAULT_BATCH = 512            # log items read per LMDB read transaction when max_batch is 0
 FEED_MAX_BATCH = 5_000              # largest max_batch honoured
@@ -64,7 +69,7 @@ class ProfileConfig(ServerConfig):
     """Settings of the profile service."""
 
     data_dir: str = dataclasses.field(default="./data", metadata={"help": "data directory (files in <dir>/profile)"})
-    map_size_mb: int = dataclasses.field(default=16_384, metadata={"help": "LMDB map size, MiB (virtual)"})
+    map_size_mb: int = dataclasses.field(default=DEFAULT_MAP_SIZE_MB, metadata={"help": "LMDB map size, MiB (virtual)"})
     retention_days: int = dataclasses.field(
         default=DEFAULT_RETENTION_DAYS, metadata={"help": "events older than this many days are purged"}
     )

@@ -91,15 +91,16 @@ def varint(n: int) -> bytes:
 # Wire tags (field number << 3 | 2) of LoggedEvent.event and LoggedEvent.canonical_user_id.
 _TAG_LOGGED_EVENT, _TAG_CANONICAL = b"\x12", b"\x22"
 _PERSONALIZATION_OFF = b"\x30\x01"  # LoggedEvent.personalization_off = true
-_VARINTS = [varint(n) for n in range(1 << 14)]  # lengths of events and ids: one list index, no loop
+_VARINT_TABLE = 1 << 14  # every length of up to two varint bytes: one list index, no loop
+_VARINTS = [varint(n) for n in range(_VARINT_TABLE)]
 
 
 def logged_event_bytes(event: bytes, canonical: bytes, flags: int) -> bytes:
     """A serialized LoggedEvent (without seq) around an already serialized Event, built by hand
     so the event is serialized once per write (for the log, which is also the feed)."""
     n, m = len(event), len(canonical)
-    out = b"".join((_TAG_LOGGED_EVENT, _VARINTS[n] if n < 16384 else varint(n), event,
-                    _TAG_CANONICAL, _VARINTS[m] if m < 16384 else varint(m), canonical))
+    out = b"".join((_TAG_LOGGED_EVENT, _VARINTS[n] if n < _VARINT_TABLE else varint(n), event,
+                    _TAG_CANONICAL, _VARINTS[m] if m < _VARINT_TABLE else varint(m), canonical))
     return out + _PERSONALIZATION_OFF if flags & fold.FLAG_NO_PERSONALIZATION else out
 
 

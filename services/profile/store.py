@@ -53,6 +53,7 @@ from typing import Any, NamedTuple, Protocol
 
 import lmdb
 
+from services.profile import config as C
 from services.profile import erasure, fold, identity, retention
 from services.profile.erasure import DeleteResult
 from services.profile.keys import (
@@ -123,7 +124,7 @@ class LmdbProfileStore:
         self,
         path: str | Path,
         *,
-        map_size_mb: int = 16_384,
+        map_size_mb: int = C.DEFAULT_MAP_SIZE_MB,
         sync: bool = True,
         settings: fold.FoldSettings = fold.FoldSettings(),
     ) -> None:
@@ -132,7 +133,7 @@ class LmdbProfileStore:
         self.settings = settings
         self.env = lmdb.open(
             str(self.path), map_size=map_size_mb * 1024 * 1024, max_dbs=len(DB_NAMES) + 2, sync=sync,
-            metasync=sync, readahead=False, max_readers=512,
+            metasync=sync, readahead=False, max_readers=C.LMDB_MAX_READERS,
         )
         self.dbs = {name.decode(): self.env.open_db(name) for name in DB_NAMES}
         self.profiles = self.dbs["profiles"]
@@ -270,7 +271,7 @@ class LmdbProfileStore:
                         user = key[:sep].decode()
                         event.user_id = user
                         out.append(StoredEvent(user, value[0], event))
-                if len(out) >= limit or visited >= limit * 8:
+                if len(out) >= limit or visited >= limit * C.SCAN_VISIT_FACTOR:
                     return out, last
         return out, None
 

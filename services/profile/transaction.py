@@ -73,12 +73,20 @@ class WriteTxn:
         self.discarded = True
 
 
+def _full(store: LmdbProfileStore) -> ResourceExhausted:
+    return ResourceExhausted(f"the profile store is full (map_size_mb too small for {store.path}); "
+                             "raise --map-size-mb")
+
+
 @contextlib.contextmanager
 def write_transaction(store: LmdbProfileStore) -> Iterator[WriteTxn]:
     txn = store.env.begin(write=True)
     w = WriteTxn(store, txn)
     try:
         yield w
+    except lmdb.MapFullError as exc:  # a put did not fit
+        txn.abort()
+        raise _full(store) from exc
     except BaseException:
         txn.abort()
         raise
@@ -91,9 +99,7 @@ def write_transaction(store: LmdbProfileStore) -> Iterator[WriteTxn]:
         txn.commit()
     except lmdb.MapFullError as exc:
         txn.abort()
-        raise ResourceExhausted(
-            f"the profile store is full (map_size_mb too small for {store.path}); raise --map-size-mb"
-        ) from exc
+        raise _full(store) from exc
     except BaseException:
         txn.abort()
         raise
