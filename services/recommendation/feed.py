@@ -51,9 +51,9 @@ class EventSignals:
         self.signals = signals
         self.cursors: dict[str, int] = {}   # source -> next seq, matching the in-memory state
 
-    def event(self, event: common_pb2.Event, user: str = "") -> bool | str:
-        """Count one event: True if counted, False if it carries no signal (a type without weight,
-        a product not in the catalog yet, a repeated event id), else why it is malformed."""
+    def _valid(self, event: common_pb2.Event) -> tuple[int, int] | bool | str:
+        """(row, category) of an event that carries a signal; False if it carries none (a type
+        without weight, a product not in the catalog yet), else why it is malformed."""
         if event.type not in WEIGHTS:
             return False
         if not event.product_id:
@@ -61,36 +61,49 @@ class EventSignals:
         row = self.catalog.row_of.get(event.product_id)
         if row is None:
             return False
-        return self.signals.observe(event, row, int(self.catalog.category[row]), user)
+        return row, int(self.catalog.category[row])
 
     def observe(self, events: Sequence[common_pb2.Event], result: ObserveResult, start: int = 0) -> None:
         """The `Observe` path: events counted into `result` (errors name their position)."""
+        run: list[tuple[common_pb2.Event, int, int, str]] = []
         for i, event in enumerate(events, start):
-            outcome = self.event(event)
-            if outcome is True:
-                result.observed += 1
-            elif outcome is False:
+            valid = self._valid(event)
+            if isinstance(valid, tuple):
+                run.append((event, valid[0], valid[1], ""))
+            elif valid is False:
                 result.ignored += 1
             else:
                 result.rejected += 1
                 if len(result.errors) < MAX_SUMMARY_ERRORS:
-                    result.errors.append(f"event {i} ({event.event_id[:64]}): {outcome}")
+                    result.errors.append(f"event {i} ({event.event_id[:64]}): {valid}")
+        counted = self.signals.observe_many(run)
+        result.observed += counted
+        result.ignored += len(run) - counted   # repeated event ids
 
     def apply(self, source: str, items: Sequence[profile_pb2.LoggedEvent]) -> FeedBatch:
-        """One batch of a shard's feed, in order; the source's cursor moves past the last item."""
+        """One batch of a shard's feed, in order; the source's cursor moves past the last item.
+        Events between two identity or erasure items are counted in one call."""
         batch = FeedBatch()
+        run: list[tuple[common_pb2.Event, int, int, str]] = []
+
+        def flush() -> None:
+            counted = self.signals.observe_many(run)
+            batch.observed += counted
+            batch.ignored += len(run) - counted
+            run.clear()
+
         for item in items:
             which = item.WhichOneof("item")
             if which == "event":
-                if item.personalization_off:
-                    batch.ignored += 1
-                    continue
-                # the profile rejected malformed events before logging them
-                if self.event(item.event, item.canonical_user_id) is True:
-                    batch.observed += 1
+                # no consent: no behavioural signal; malformed events never reach the log
+                valid = self._valid(item.event) if not item.personalization_off else False
+                if isinstance(valid, tuple):
+                    run.append((item.event, valid[0], valid[1], item.canonical_user_id))
                 else:
                     batch.ignored += 1
-            elif which == "erasure":
+                continue
+            flush()   # identities and erasures apply after the events before them
+            if which == "erasure":
                 erasure = item.erasure
                 self.signals.erase([erasure.user_id, *erasure.aliases, item.canonical_user_id])
                 batch.erasures += 1
@@ -98,6 +111,7 @@ class EventSignals:
             elif which == "identity":
                 self.signals.merge_user(item.identity.anonymous_id, item.identity.customer_id)
                 batch.identities += 1
+        flush()
         if items:
             self.cursors[source] = items[-1].seq + 1
         return batch

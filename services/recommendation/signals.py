@@ -20,7 +20,7 @@ from __future__ import annotations
 import io
 import time
 from collections import OrderedDict
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -103,23 +103,35 @@ class Signals:
     def observe(self, event: common_pb2.Event, row: int, category: int, user: str = "") -> bool:
         """Count one validated product event (`row` = catalog row); False if it was a repeat.
         `user` keys the shopper's baskets (the canonical id from the feed; default the event's)."""
-        if event.event_id:
-            if event.event_id in self._seen:
-                return False
-            self._seen.touch(event.event_id, True)
+        return self.observe_many([(event, row, category, user)]) == 1
+
+    def observe_many(self, batch: Sequence[tuple[common_pb2.Event, int, int, str]]) -> int:
+        """`observe` for many events in order, with one update of the trending counters (a NumPy call
+        per event cost more than the rest of the work); returns how many were counted (not repeats)."""
+        rows: list[int] = []
+        times: list[int] = []
+        weights: list[float] = []
+        categories: list[int] = []
         now = now_ms()
-        t = event.timestamp_ms if 0 < event.timestamp_ms <= now + MAX_CLOCK_SKEW_MS else now
-        quantity = max(1, event.quantity)
-        weight = WEIGHTS[event.type] * (quantity if event.type == common_pb2.PURCHASE else 1)
-        self.trending.add(np.array([row]), np.array([t]), weight, np.array([category]))
-        user = user or event.user_id
-        if event.type == common_pb2.PURCHASE and event.order_id:
-            basket = self._orders.touch((user, event.order_id), [])
-            self._pair(basket, row, CO_PURCHASE_WEIGHT)
-        elif event.type == common_pb2.ADD_TO_CART:
-            basket = self._carts.touch((user, event.session_id), [])
-            self._pair(basket, row, CO_CART_WEIGHT)
-        return True
+        for event, row, category, user in batch:
+            if event.event_id:
+                if event.event_id in self._seen:
+                    continue
+                self._seen.touch(event.event_id, True)
+            rows.append(row)
+            times.append(event.timestamp_ms if 0 < event.timestamp_ms <= now + MAX_CLOCK_SKEW_MS else now)
+            quantity = max(1, event.quantity)
+            weights.append(WEIGHTS[event.type] * (quantity if event.type == common_pb2.PURCHASE else 1))
+            categories.append(category)
+            user = user or event.user_id
+            if event.type == common_pb2.PURCHASE and event.order_id:
+                self._pair(self._orders.touch((user, event.order_id), []), row, CO_PURCHASE_WEIGHT)
+            elif event.type == common_pb2.ADD_TO_CART:
+                self._pair(self._carts.touch((user, event.session_id), []), row, CO_CART_WEIGHT)
+        if rows:
+            self.trending.add(np.asarray(rows, np.int64), np.asarray(times, np.int64),
+                              np.asarray(weights, np.float64), np.asarray(categories, np.int64))
+        return len(rows)
 
     def erase(self, users: Iterable[str]) -> int:
         """Forget the open baskets of `users` (an erasure); returns how many were dropped. The
