@@ -21,6 +21,7 @@ from typing import NamedTuple, Protocol
 
 import numpy as np
 
+from scoring import rerank as rr
 from scoring.list_rank import ListWeights, gather, list_scores
 from scoring.session_knn import session_scores
 from services.recommendation.candidates import SRC_FOR_YOU, SRC_LIST, Candidates, RequestState
@@ -125,5 +126,6 @@ class ListRanker:
         ctx = RequestState(query, model, -1, np.zeros(0, np.int64), excluded, cat)
         boost = for_you_category_boost(q.shopper.affinity, cat, RANK_CATEGORY_WEIGHT)
         ranked = rec.kernel(ctx, cands, boost)
-        personal = bool(scored.personal[ranked.positions].any())
+        # fallback: nothing about this shopper (signals, affinities) moved any item kept
+        personal = bool(scored.personal[ranked.positions].any() or (ranked.reasons == rr.REASON_CATEGORY).any())
         return Result(rec.items(ctx, cands, ranked), STRATEGY_USED, not personal, version, unknown)

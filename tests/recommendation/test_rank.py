@@ -61,6 +61,7 @@ async def test_category_affinity_moves_the_category_up(store: Harness) -> None:
     before = [i for i, p in enumerate(page()) if p.startswith("socks-")]
     assert sum(socks) < 0.7 * sum(before)   # moved up, not to the top of everything
     assert response.items[0].reason == "because you like socks"
+    assert not response.fallback
 
 
 async def test_every_constraint_is_kept(store: Harness) -> None:
