@@ -42,11 +42,12 @@ def wall_clock_ms() -> int:
 
 class JourneyEngine:
     def __init__(self, store: JourneyStore, backends: Backends, settings: SendSettings, *,
-                 clock: Clock = wall_clock_ms) -> None:
+                 clock: Clock = wall_clock_ms, on_due: Callable[[int, str], None] | None = None) -> None:
         self.store = store
         self.backends = backends
         self.settings = settings
         self.clock = clock
+        self.on_due = on_due      # (lateness_ms, outcome kind) of every handled timer (benchmarks)
         self.feed = FeedApplier(store, settings.attribution_ms)
         self._wake = asyncio.Event()
         self._outbox = asyncio.Event()
@@ -179,6 +180,8 @@ class JourneyEngine:
             for (due_ms, user, journey_id, before), outcome in zip(work, outcomes, strict=True):
                 TIMER_LATENESS.observe(max(0, now - due_ms) / 1000)
                 sent |= self._commit(txn, due_ms, user, journey_id, before, outcome, now)
+                if self.on_due is not None:
+                    self.on_due(self.clock() - due_ms, outcome.kind if outcome else "stale")
         if sent:
             self._outbox.set()
         return len(due)

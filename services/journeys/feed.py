@@ -17,12 +17,12 @@ from collections.abc import Iterable, Sequence
 import lmdb
 
 from services.journeys import config as C
-from services.journeys.machines import CANCEL, ENTER, IDLE, NONE, UPDATE, WAITING, JourneyState, Machine, Step
+from services.journeys.machines import CANCEL, ENTER, ET, IDLE, NONE, UPDATE, WAITING, JourneyState, Machine, Step
 from services.journeys.store import CATALOG_CURSOR, JourneyStore, ProductInfo, events_cursor
 from vitrine.v1 import common_pb2, profile_pb2, recommend_pb2
 
 log = logging.getLogger(__name__)
-ET = common_pb2.EventType
+EMPTY_STATE = JourneyState().to_bytes()
 ATTRIBUTED = frozenset({ET.EMAIL_OPEN, ET.EMAIL_CLICK, ET.PURCHASE})
 
 
@@ -113,9 +113,8 @@ class FeedApplier:
                 if watch is not None:
                     watch = dataclasses.replace(watch, source=source)
                     self.store.put_watch(txn, event.product_id, journey_id, user, watch)
-        stored = self.store.state(txn, user, journey_id)
-        state = stored.copy() if stored is not None else JourneyState()
-        before = stored.to_bytes() if stored is not None else b""
+        before = self.store.state_raw(txn, user, journey_id)
+        state = JourneyState.from_bytes(before)
         step = machine.on_event(state, event)
         if step.action != NONE:
             state.source = source
@@ -132,9 +131,8 @@ class FeedApplier:
             if machine is None or not machine.fresh(watch, change.changed_ms):
                 self.store.delete_watch(txn, change.product_id, journey_id, user)
                 continue
-            stored = self.store.state(txn, user, journey_id)
-            state = stored.copy() if stored is not None else JourneyState()
-            before = stored.to_bytes() if stored is not None else b""
+            before = self.store.state_raw(txn, user, journey_id)
+            state = JourneyState.from_bytes(before)
             step = machine.on_catalog(state, change, watch)
             if step.action != NONE:
                 state.source = watch.source
@@ -174,7 +172,7 @@ class FeedApplier:
             add(txn, journey_id, f"cancelled:{step.reason}")
             add(txn, journey_id, "pending", -1)
         after = state.to_bytes()
-        if after != before and not (before == b"" and after == JourneyState().to_bytes()):
+        if after != before and not (before == b"" and after == EMPTY_STATE):
             self.store.put_state(txn, user, journey_id, state)
 
     # Attribution and erasure.

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
 from collections.abc import Mapping
 
 from services.journeys import config as C
 from vitrine.v1 import common_pb2, journey_pb2, profile_pb2, recommend_pb2
 
-ET = common_pb2.EventType
+# Plain attribute namespaces: reading an enum value through the protobuf EnumTypeWrapper costs a
+# __getattr__ call per comparison, which showed in the feed benchmark.
+ET = types.SimpleNamespace(**dict(common_pb2.EventType.items()))
 JK = journey_pb2.JourneyKind
 S = recommend_pb2.Strategy
 
@@ -50,7 +53,8 @@ class JourneyState:
     source: int = 0                # profile shard whose feed the shopper came from (profile lookups)
 
     def to_bytes(self) -> bytes:
-        data = {k: v for k, v in dataclasses.asdict(self).items() if v != _DEFAULTS[k]}
+        # vars(), not dataclasses.asdict(): asdict deep-copies every list (most of a feed item's cost).
+        data = {k: v for k, v in vars(self).items() if v != _DEFAULTS[k]}
         return json.dumps(data, separators=(",", ":")).encode()
 
     @classmethod

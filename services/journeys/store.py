@@ -139,6 +139,11 @@ class JourneyStore:
         raw = txn.get(state_key(user, journey_id), db=self.db["states"])
         return JourneyState.from_bytes(bytes(raw)) if raw is not None else None
 
+    def state_raw(self, txn: lmdb.Transaction, user: str, journey_id: str) -> bytes:
+        """The stored state's bytes (b"" when there is none)."""
+        raw = txn.get(state_key(user, journey_id), db=self.db["states"])
+        return bytes(raw) if raw is not None else b""
+
     def put_state(self, txn: lmdb.Transaction, user: str, journey_id: str, state: JourneyState) -> None:
         txn.put(state_key(user, journey_id), state.to_bytes(), db=self.db["states"])
 
@@ -196,7 +201,7 @@ class JourneyStore:
 
     def put_watch(self, txn: lmdb.Transaction, product_id: str, journey_id: str, user: str, watch: Watch) -> None:
         key = product_id.encode() + SEP + journey_id.encode() + SEP + user.encode()
-        txn.put(key, json.dumps(dataclasses.asdict(watch)).encode(), db=self.db["watches"])
+        txn.put(key, json.dumps(vars(watch)).encode(), db=self.db["watches"])
         txn.put(user.encode() + SEP + journey_id.encode() + SEP + product_id.encode(), b"", db=self.db["uwatch"])
 
     def delete_watch(self, txn: lmdb.Transaction, product_id: str, journey_id: str, user: str) -> None:
