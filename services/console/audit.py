@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 AUDIT_FILE = "audit.jsonl"
 _TAIL_READ_BYTES = 1 << 20  # the audit page reads at most the last MiB
+_LINE_BYTES_GUESS = 1024    # ... and about this much per line asked for
 
 
 class AuditLog:
@@ -59,7 +60,7 @@ class AuditLog:
             return []
         with open(self.path, "rb") as handle:
             size = handle.seek(0, os.SEEK_END)
-            start = max(0, size - _TAIL_READ_BYTES)
+            start = max(0, size - min(_TAIL_READ_BYTES, limit * _LINE_BYTES_GUESS))
             handle.seek(start)
             data = handle.read()
         lines = data.split(b"\n")

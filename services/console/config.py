@@ -32,6 +32,7 @@ TRENDING_ITEMS = 20
 TRENDING_OOS_SCAN = 100         # trending items inspected for "popular but out of stock"
 AFFINITY_BARS = 12              # categories in the affinity chart
 AUDIT_PAGE_LINES = 200          # newest audit lines on the audit page
+RECENT_AUDIT_LINES = 500        # audit lines searched for a shopper's recent operator actions
 MAX_QUERY_LENGTH = 128          # a search box entry (the profile service's id limit)
 MAX_RULE_LENGTH = 4096
 PAGE_TYPES = ("home", "product", "category", "cart", "checkout", "search")

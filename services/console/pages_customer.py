@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
 from urllib.parse import quote
 
 from starlette.datastructures import FormData
@@ -10,7 +12,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from services.console.backends import BackendError, call
-from services.console.config import AFFINITY_BARS, MAX_QUERY_LENGTH, TIMELINE_EVENTS
+from services.console.config import AFFINITY_BARS, MAX_QUERY_LENGTH, RECENT_AUDIT_LINES, TIMELINE_EVENTS
 from services.console.customer import load_customer
 from services.console.web import action, client_address, console, form_text, operator, render
 from vitrine.v1 import common_pb2, profile_pb2
@@ -21,11 +23,9 @@ def _customer_url(user_id: str, **flags: str) -> str:
     return f"/customers?q={quote(user_id)}{extra}"
 
 
-def _last_erasure(request: Request, user_id: str) -> dict[str, object] | None:
-    for entry in console(request).audit.tail(1000):
-        if entry.get("action") == "customer.erase" and entry.get("target") == user_id and entry.get("ok"):
-            return entry
-    return None
+def _actions_on(request: Request, user_id: str) -> list[dict[str, Any]]:
+    """The recent operator actions on this shopper, newest first (from the audit log's tail)."""
+    return [e for e in console(request).audit.tail(RECENT_AUDIT_LINES) if e.get("target") == user_id]
 
 
 async def customer_page(request: Request) -> Response:
@@ -34,10 +34,11 @@ async def customer_page(request: Request) -> Response:
         return render(request, "customer_search.html", active="customers")
     view = await load_customer(console(request).clients, query)
     status = 404 if view.not_found else (503 if view.error else 200)
-    erasure = _last_erasure(request, query) if view.not_found else None
+    actions = await asyncio.to_thread(_actions_on, request, view.profile.user_id if view.profile else query)
+    erasure = next((e for e in actions if e.get("action") == "customer.erase" and e.get("ok")), None)
     return render(request, "customer.html", status_code=status, active="customers", view=view,
-                  affinities=view.affinities(AFFINITY_BARS), erasure=erasure, timeline_limit=TIMELINE_EVENTS,
-                  flash=request.query_params.get("done", ""))
+                  affinities=view.affinities(AFFINITY_BARS), erasure=erasure if view.not_found else None,
+                  actions=actions, timeline_limit=TIMELINE_EVENTS, flash=request.query_params.get("done", ""))
 
 
 @action

@@ -16,7 +16,7 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from services.console.app import OPEN_PATHS, build_app
-from tests.console.conftest import PASSWORD, csrf_of, log_in
+from tests.console.conftest import PASSWORD, csrf_of, log_in, scan_profiles
 from tests.console.suite import Backends, LoopThread, unused_address
 from vitrine.v1 import common_pb2, recommend_pb2, segment_pb2, segment_pb2_grpc
 
@@ -130,6 +130,7 @@ def test_consent_change_is_applied_and_audited(client: TestClient, demo_profiles
     assert reply.status_code == 303
     page = client.get(reply.headers["location"]).text
     assert "Consent saved" in page
+    assert re.search(r"by ana: analytics off, marketing off, personalization on", page)  # the change history
     assert re.search(r'name="marketing"\s*>', page) and re.search(r'name="personalization" checked', page)
     entry = audit_lines(client)[-1]
     assert entry["action"] == "customer.consent" and entry["target"] == shopper.user_id
@@ -197,7 +198,8 @@ def test_rule_edits_are_saved_deleted_and_audited(client: TestClient) -> None:
     assert actions == [("segment.put", True), ("segment.put", False), ("segment.delete", True)]
 
 
-def test_audience_exports_download_as_csv_and_are_audited(client: TestClient,
+def test_audience_exports_download_as_csv_and_are_audited(client: TestClient, loop_thread: LoopThread,
+                                                          backends: Backends,
                                                           demo_profiles: list[common_pb2.Profile]) -> None:
     csrf = client.csrf  # type: ignore[attr-defined]
     reply = client.post("/segments/audience.csv", data={"segment_id": "registered", "csrf_token": csrf})
@@ -206,14 +208,20 @@ def test_audience_exports_download_as_csv_and_are_audited(client: TestClient,
     registered = {p.user_id for p in demo_profiles if p.registered}
     assert rows and {row["user_id"] for row in rows} <= registered | {p.customer_id for p in demo_profiles}
     assert audit_lines(client)[-1]["action"] == "audience.export"
-    # The rule editor's button exports the typed rule, only shoppers with marketing consent.
+    # The rule editor's button exports the typed rule, only shoppers with marketing consent: one
+    # shopper gets it first (through the console), so the audience is known to hold them.
+    candidates = [p for p in demo_profiles if p.visit_count >= 1 and p.registered]
+    opted_in = candidates[len(candidates) // 2]  # one no other test erases or changes
+    assert client.post("/customers/consent", data={"user_id": opted_in.user_id, "marketing": "on",
+                                                   "personalization": "on", "csrf_token": csrf}).status_code == 200
     consenting = client.post("/segments/audience.csv", data={
         "export_rule": "1", "segment_id": "typed-but-ignored", "rule": "visit_count >= 1",
         "require_marketing_consent": "on", "csrf_token": csrf})
     assert consenting.status_code == 200
-    marketing = {p.user_id for p in demo_profiles if p.consent.marketing}
+    # Other tests change consent too (the browser test flips one shopper's): read it as it is now.
+    marketing = {p.user_id for p in scan_profiles(loop_thread, backends) if p.consent.marketing}
     exported = {row["user_id"] for row in csv.DictReader(io.StringIO(consenting.text))}
-    assert exported and exported <= marketing | {p.customer_id for p in demo_profiles}
+    assert opted_in.user_id in exported and exported <= marketing
     entry = audit_lines(client)[-1]
     assert entry["target"] == "visit_count >= 1" and entry["details"]["require_marketing_consent"] is True  # type: ignore[index]
     bad = client.post("/segments/audience.csv", data={"export_rule": "1", "rule": "visit_count >=",
