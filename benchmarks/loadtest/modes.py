@@ -7,6 +7,7 @@ measured in the same run, on a load-test store (`vitrine loadtest --start-suite 
 Modes (the same data directory, one mode running at a time):
   echo         the bare grpc.aio echo server (the ceiling)
   tcp          today's default: four processes, the gateway calls its backends over loopback TCP
+  tcp-2gw      the same with two gateway processes on one port (SO_REUSEPORT)
   uds          four processes, the gateway calls its backends over Unix domain sockets
   shared-grpc  one process (services.gateway.all_in_one --no-in-process), calls over loopback gRPC
   shared       one process, the gateway calls the servicers in-process (services.gateway.all_in_one)
@@ -45,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 180.0
 DEADLINE_MS = 50             # the gateway's default budget: the answers are counted against it
 DEADLINE_SLACK_MS = 5.0      # client-side queueing and the loopback hop to the generator
-MODES = ("tcp", "uds", "shared-grpc", "shared")
+MODES = ("tcp", "tcp-2gw", "uds", "shared-grpc", "shared")
 FAULTS = {  # mode -> faults
     "tcp": ("recommendation-killed", "segmentation-stopped"),
     "shared": ("recommendation-raises", "segmentation-hangs", "segmentation-blocks"),
@@ -123,7 +124,8 @@ def start(mode: str, data_dir: Path, logs: Path, fault: str = "") -> Iterator[Ru
             processes["gateway"] = _spawn("services.gateway", [
                 "--port", str(gateway_port), "--profile-addresses", address["profile"],
                 "--segmentation-address", address["segmentation"],
-                "--recommendation-address", address["recommendation"]], logs / f"{mode}-gateway.log")
+                "--recommendation-address", address["recommendation"],
+                "--processes", "2" if mode == "tcp-2gw" else "1"], logs / f"{mode}-gateway.log")
             _wait(f"127.0.0.1:{gateway_port}", processes["gateway"])
             profile = address["profile"]
         yield Running(f"127.0.0.1:{gateway_port}", profile, processes)

@@ -403,6 +403,8 @@ class ProfileRouter:
         merged = common_pb2.Profile()
         if anon_profile is not None:
             merged.CopyFrom(anon_profile)
+        # RFM is derived by the shard from the merged counters (and -1 "never bought" is not importable).
+        merged.ClearField("rfm")
         merged.user_id = customer
         merged.customer_id = customer
         merged.registered = True

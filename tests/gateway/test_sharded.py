@@ -169,3 +169,19 @@ async def test_loader_identified_shoppers_are_readable_by_both_ids(sharded: Real
                 assert by_alias.user_id == profile.user_id
                 found += 1
     assert found > 0
+
+
+async def test_track_batch_lands_each_event_on_its_shopper_shard(sharded: RealSuite) -> None:
+    users: dict[int, str] = {}
+    i = 0
+    while len(users) < SHARDS:
+        users.setdefault(shard_of(f"batch-{i}"), f"batch-{i}")
+        i += 1
+    events = [view(f"tb-{n}", users[n % SHARDS]).event for n in range(9)]
+    summary = await sharded.stub.TrackBatch(profile_pb2.TrackBatchRequest(events=events), timeout=10)
+    assert (summary.accepted, summary.rejected) == (9, 0), list(summary.errors)
+    for shard, user in users.items():
+        profile = await on_shard(sharded, shard, user)
+        assert profile is not None and profile.event_count == 3
+        for other in set(range(SHARDS)) - {shard}:
+            assert await on_shard(sharded, other, user) is None
