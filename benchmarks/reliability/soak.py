@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 from tqdm import tqdm
@@ -94,9 +95,9 @@ def p99(values: list[float]) -> float:
 
 
 async def run_load(gateway: str, users: list[str], seconds: float, rate: float, sample_seconds: float,
-                   suite: Suite) -> list[dict[str, object]]:
+                   suite: Suite) -> list[dict[str, Any]]:
     rng = random.Random(19)
-    samples: list[dict[str, object]] = []
+    samples: list[dict[str, Any]] = []
     window: list[float] = []
     errors = {"n": 0}
     in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
@@ -148,17 +149,17 @@ async def run_load(gateway: str, users: list[str], seconds: float, rate: float, 
     return samples
 
 
-def summarize(samples: list[dict[str, object]], warmup_fraction: float) -> dict[str, object]:
+def summarize(samples: list[dict[str, Any]], warmup_fraction: float) -> dict[str, Any]:
     warm = samples[max(1, int(len(samples) * warmup_fraction))]
     last = samples[-1]
     first = samples[0]
-    out: dict[str, object] = {"requests": last["requests"], "errors": last["errors"], "processes": {}}
-    for name, end in last["processes"].items():  # type: ignore[attr-defined]
-        start = warm["processes"].get(name)  # type: ignore[attr-defined]
-        begin = first["processes"].get(name)  # type: ignore[attr-defined]
+    out: dict[str, Any] = {"requests": last["requests"], "errors": last["errors"], "processes": {}}
+    for name, end in last["processes"].items():
+        start = warm["processes"].get(name)
+        begin = first["processes"].get(name)
         if not start:
             continue
-        out["processes"][name] = {  # type: ignore[index]
+        out["processes"][name] = {
             "rss_mib_start": round(begin["rss_kib"] / 1024, 1),
             "rss_mib_after_warmup": round(start["rss_kib"] / 1024, 1),
             "rss_mib_end": round(end["rss_kib"] / 1024, 1),
@@ -167,23 +168,23 @@ def summarize(samples: list[dict[str, object]], warmup_fraction: float) -> dict[
         }
     p99s = [s["p99_ms"] for s in samples[1:-1]] or [0.0]
     third = max(1, len(p99s) // 3)
-    out["p99_ms_first_third"] = round(statistics.median(p99s[:third]), 1)  # type: ignore[arg-type]
-    out["p99_ms_last_third"] = round(statistics.median(p99s[-third:]), 1)  # type: ignore[arg-type]
+    out["p99_ms_first_third"] = round(statistics.median(p99s[:third]), 1)
+    out["p99_ms_last_third"] = round(statistics.median(p99s[-third:]), 1)
     return out
 
 
-def plot(samples: list[dict[str, object]], path: Path) -> None:
+def plot(samples: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     t = [s["t"] for s in samples]
-    names = list(samples[-1]["processes"])  # type: ignore[arg-type]
+    names = list(samples[-1]["processes"])
     fig, axes = plt.subplots(3, 1, figsize=(8, 9), sharex=True)
     for name in names:
-        axes[0].plot(t, [s["processes"].get(name, {}).get("rss_kib", 0) / 1024 for s in samples], label=name)  # type: ignore[attr-defined]
-        axes[1].plot(t, [s["processes"].get(name, {}).get("fds", 0) for s in samples], label=name)  # type: ignore[attr-defined]
+        axes[0].plot(t, [s["processes"].get(name, {}).get("rss_kib", 0) / 1024 for s in samples], label=name)
+        axes[1].plot(t, [s["processes"].get(name, {}).get("fds", 0) for s in samples], label=name)
     axes[2].plot(t, [s["p99_ms"] for s in samples], label="p99")
     axes[2].plot(t, [s["p50_ms"] for s in samples], label="p50")
     axes[0].set_ylabel("RSS, MiB")

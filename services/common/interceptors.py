@@ -83,9 +83,9 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
         details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler | None:
         method = details.method
         if method.startswith(OPEN_SERVICES):
             open_handler = self._wrapped.get(method)
@@ -179,8 +179,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         kwargs = _safe_kwargs(service, method, handler)
         # Real `async def` closures: grpc.aio runs anything that is not a coroutine or
         # async-generator function in a thread pool.
-        unary_inner = handler.unary_unary or handler.stream_unary
-        stream_inner = handler.unary_stream or handler.stream_stream
+        unary_inner: Any = handler.unary_unary or handler.stream_unary
+        stream_inner: Any = handler.unary_stream or handler.stream_stream
 
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
             # One coroutine per call (no inner helper): this runs for every RPC of every service.
@@ -235,7 +235,7 @@ def _decoding_only(service: str, method: str, handler: grpc.RpcMethodHandler) ->
     """Health and reflection keep their own handlers; only undecodable requests are answered here."""
     kwargs = _safe_kwargs(service, method, handler)
     if handler.unary_unary:
-        inner_unary = handler.unary_unary
+        inner_unary: Any = handler.unary_unary
 
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
             if type(request) is Undecodable:
@@ -244,7 +244,7 @@ def _decoding_only(service: str, method: str, handler: grpc.RpcMethodHandler) ->
 
         return grpc.unary_unary_rpc_method_handler(unary, **kwargs)
     if handler.unary_stream:
-        inner_stream = handler.unary_stream
+        inner_stream: Any = handler.unary_stream
 
         if not inspect.isasyncgenfunction(inner_stream):  # health's Watch writes with context.write
             async def unary_writes(request: Any, context: grpc.aio.ServicerContext) -> None:
@@ -262,7 +262,7 @@ def _decoding_only(service: str, method: str, handler: grpc.RpcMethodHandler) ->
 
         return grpc.unary_stream_rpc_method_handler(unary_stream, **kwargs)
     if handler.stream_stream and inspect.isasyncgenfunction(handler.stream_stream):
-        inner_bidi = handler.stream_stream
+        inner_bidi: Any = handler.stream_stream
 
         async def stream_stream(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             try:

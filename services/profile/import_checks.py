@@ -38,7 +38,8 @@ def _limit(field: FieldDescriptor) -> float:
         return MAX_IMPORT_TIME_MS
     if field.name.startswith("screen_"):
         return MAX_IMPORT_SCREEN
-    if field.containing_type.name == "DailyEventCount" and field.name == "count":
+    if field.containing_type is not None and field.containing_type.name == "DailyEventCount" \
+            and field.name == "count":
         return MAX_IMPORT_DAILY
     if field.type in _INT32:
         return MAX_IMPORT_COUNT_32
