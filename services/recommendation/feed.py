@@ -63,12 +63,17 @@ class EventSignals:
             return False
         return row, int(self.catalog.category[row])
 
-    def observe(self, events: Sequence[common_pb2.Event], result: ObserveResult, start: int = 0) -> None:
-        """The `Observe` path: events counted into `result` (errors name their position)."""
+    def observe(self, events: Sequence[common_pb2.Event], result: ObserveResult, start: int = 0, *,
+                feed_live: bool = False) -> None:
+        """The `Observe` path: events counted into `result` (errors name their position). With
+        `feed_live` an event without event_id is left to the feed: the profile gives it an id there, so
+        counting it here too would count it twice (events with ids are deduplicated either way)."""
         run: list[tuple[common_pb2.Event, int, int, str]] = []
         for i, event in enumerate(events, start):
             valid = self._valid(event)
-            if isinstance(valid, tuple):
+            if isinstance(valid, tuple) and feed_live and not event.event_id:
+                result.ignored += 1
+            elif isinstance(valid, tuple):
                 run.append((event, valid[0], valid[1], ""))
             elif valid is False:
                 result.ignored += 1
@@ -152,3 +157,8 @@ class SignalFeeds(FollowerGroup):
 
             self.followers.append(Follower(f"{FEED_NAME}-{i}", open_stream, _ShardCursor(signals, source),
                                            on_batch=apply, time_of=_time_of, max_batch=batch))
+
+    @property
+    def live(self) -> bool:
+        """True while every shard's stream is open (its events reach the signals through the feed)."""
+        return bool(self.followers) and all(f.stats.connected for f in self.followers)

@@ -315,7 +315,7 @@ class RecommendationService:
         result = ObserveResult()
         seen = 0
         async for batch in _batches(events, STREAM_BATCH):
-            self.event_signals.observe(batch, result, seen)
+            self.event_signals.observe(batch, result, seen, feed_live=self.feeds is not None and self.feeds.live)
             seen += len(batch)
         return result
 

@@ -213,6 +213,23 @@ async def test_tracked_events_reach_trending_live(tmp_path: Path) -> None:
         assert service.recommend(Query("TRENDING", 3)).items[0].product_id == "p3"
 
 
+
+async def test_while_the_feed_is_live_observe_counts_no_event_twice(tmp_path: Path) -> None:
+    async with profile_server(tmp_path) as suite, recommendation(suite) as service:
+        tracked = event(VIEW, "p1", eid="t1")
+        await caught_up(service, await track(suite, [tracked]))
+        assert service.feeds is not None and service.feeds.live
+        no_id = event(VIEW, "p1", eid="")
+        summary = await service.observe(_aiter([tracked, no_id, event(VIEW, "p1", eid="fresh")]))
+        # the tracked one came by the feed; the one without id will (the profile names it); a new id counts
+        assert (summary.observed, summary.ignored) == (1, 2)
+
+
+async def _aiter(items: list[common_pb2.Event]) -> AsyncIterator[common_pb2.Event]:
+    for item in items:
+        yield item
+
+
 async def test_restart_and_crash_resume_exactly_once(tmp_path: Path) -> None:
     first, second, third = batch("a", 20), batch("b", 20), batch("c", 20)
     async with profile_server(tmp_path) as suite:
