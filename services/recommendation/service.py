@@ -326,9 +326,9 @@ class RecommendationService:
     def rank(self, query: RankQuery) -> Result:
         return self.list_ranker.rank(query)
 
-    def recommend_many(self, queries: Sequence[Query],
+    def recommend_many(self, queries: Sequence[Query | RankQuery],
                        expired: Callable[[], bool] | None = None) -> list[Result | VitrineError]:
-        """Each query answered on its own: a failing one yields its error, the others their results.
+        """Each query (Recommend or Rank) answered on its own: a failing one yields its error, the others their results.
         Unexpected errors are logged and reported as INTERNAL for that query only. Once `expired()`
         says the caller's deadline has passed, the rest are DEADLINE_EXCEEDED without being computed
         (under overload, work nobody waits for would only delay the requests behind it)."""
@@ -341,7 +341,8 @@ class RecommendationService:
                 out.append(DeadlineExceeded("the caller's deadline passed before this request was served"))
                 continue
             try:
-                out.append(self.recommender.recommend(query))
+                out.append(self.recommender.recommend(query) if isinstance(query, Query)
+                           else self.list_ranker.rank(query))
             except VitrineError as err:
                 out.append(err)
             except Exception:

@@ -111,8 +111,11 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
             remaining = context.time_remaining()
             return remaining is not None and remaining <= 0
 
-        outcomes = self.service.recommend_many([query_from_proto(r) for r in request.requests], expired)
-        return recommend_pb2.RecommendBatchResponse(results=[_batch_result(o) for o in outcomes])
+        queries: list[Query | RankQuery] = [query_from_proto(r) for r in request.requests]
+        queries += [rank_query_from_proto(r) for r in request.ranks]
+        outcomes = [_batch_result(o) for o in self.service.recommend_many(queries, expired)]
+        n = len(request.requests)
+        return recommend_pb2.RecommendBatchResponse(results=outcomes[:n], rank_results=outcomes[n:])
 
     async def FollowCatalog(self, request: recommend_pb2.FollowCatalogRequest,
                             context: grpc.aio.ServicerContext) -> AsyncIterator[recommend_pb2.CatalogChange]:

@@ -62,3 +62,19 @@ async def test_requests_past_the_callers_deadline_are_not_computed(store: Harnes
     outcomes = store.service.recommend_many(queries, expired=lambda: next(calls))
     assert len(outcomes[0].items) == 2  # type: ignore[union-attr]
     assert [getattr(o, "code_name", "OK") for o in outcomes] == ["OK", "DEADLINE_EXCEEDED", "DEADLINE_EXCEEDED"]
+
+
+async def test_rank_requests_ride_in_the_same_batch(store: Harness) -> None:
+    listed = [product_id(2, i) for i in range(5)] + [product_id(0, i) for i in range(5)]
+    ranks = [R.RankRequest(product_ids=listed, k=4, user=R.UserSignals(recent_product_ids=[SHOES_ANCHOR])),
+             R.RankRequest(product_ids=["bad id"])]          # INVALID_ARGUMENT, alone
+    reply = await store.stub.RecommendBatch(R.RecommendBatchRequest(
+        requests=[R.RecommendRequest(strategy=R.TRENDING, k=3)], ranks=ranks), timeout=10)
+    assert [r.code for r in reply.results] == [0]
+    assert [r.code for r in reply.rank_results] == [0, grpc.StatusCode.INVALID_ARGUMENT.value[0]]
+    single = await store.stub.Rank(ranks[0], timeout=10)
+    assert [i.product_id for i in reply.rank_results[0].response.items] == [i.product_id for i in single.items]
+    assert reply.rank_results[0].response.strategy_used == "RANK"
+    too_many = R.RecommendBatchRequest(requests=[R.RecommendRequest(strategy=R.TRENDING, k=1)] * MAX_BATCH_REQUESTS,
+                                       ranks=[ranks[0]])
+    await assert_status(store.stub.RecommendBatch(too_many, timeout=10), grpc.StatusCode.INVALID_ARGUMENT)
