@@ -33,7 +33,7 @@ from benchmarks.profile.load import make_events
 from vitrine.health import wait_serving_async
 from vitrine.loadtest.cpu import child_pids, own_cpu_seconds
 from vitrine.ports import free_port
-from vitrine.v1 import profile_pb2, profile_pb2_grpc
+from vitrine.v1 import common_pb2, profile_pb2, profile_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[2]
 BATCH = 1_000
@@ -77,7 +77,7 @@ def tree_cpu(pid: int) -> dict[int, float]:
 
 
 async def drive(port: int, proc: subprocess.Popen[bytes], requests: list[bytes], in_flight: int,
-                label: str) -> dict[str, float]:
+                label: str, probe: bool = False) -> dict[str, float]:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}",
                                          options=[("grpc.max_send_message_length", 64 * 1024 * 1024)]) as channel:
         await wait_serving_async(channel, 60.0, process=proc)
@@ -92,8 +92,28 @@ async def drive(port: int, proc: subprocess.Popen[bytes], requests: list[bytes],
             for request in todo:
                 summary = await call(request, timeout=120)
                 accepted += summary.accepted + summary.duplicates
+        latencies: list[float] = []
+        done = asyncio.Event()
+
+        async def track_probe() -> None:
+            # One Track at a time while the batches stream: the wait a lone caller sees behind
+            # saturated group commits (not counted in the events/s).
+            stub = profile_pb2_grpc.ProfileServiceStub(channel)
+            i = 0
+            while not done.is_set():
+                i += 1
+                event = common_pb2.Event(event_id=f"probe-{i}", user_id=f"probe-{i % 50}", session_id="probe",
+                                         type=common_pb2.EventType.PAGE_VIEW)
+                t = time.perf_counter()
+                await stub.Track(profile_pb2.TrackRequest(event=event), timeout=60)
+                latencies.append(time.perf_counter() - t)
+
+        async def load() -> None:
+            await asyncio.gather(*(worker() for _ in range(in_flight)))
+            done.set()
+
         cpu0, own0, started = tree_cpu(proc.pid), os.times(), time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(in_flight)))
+        await asyncio.gather(load(), *([track_probe()] if probe else []))
         elapsed = time.perf_counter() - started
         own1, cpu1 = os.times(), tree_cpu(proc.pid)
     client = own1.user + own1.system - own0.user - own0.system
@@ -102,6 +122,12 @@ async def drive(port: int, proc: subprocess.Popen[bytes], requests: list[bytes],
            "client_us": client / accepted * 1e6, "server_us": used.get(proc.pid, 0.0) / accepted * 1e6,
            "writer_us": sum(c for p, c in used.items() if p != proc.pid) / accepted * 1e6}
     out["total_us"] = out["client_us"] + out["server_us"] + out["writer_us"]
+    if latencies:
+        ordered = sorted(latencies)
+        out["track_p50_ms"] = ordered[len(ordered) // 2] * 1000
+        out["track_p99_ms"] = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000
+        print(f"{label:9s}: a lone Track during the load ({len(ordered)} calls): p50 {out['track_p50_ms']:.1f} ms, "
+              f"p99 {out['track_p99_ms']:.1f} ms", flush=True)
     print(f"{label:9s}: {accepted:,} events in {elapsed:.2f} s = {out['events_per_s']:>9,.0f} events/s; CPU per "
           f"event: client {out['client_us']:.1f} µs, service {out['server_us']:.1f} µs, writer "
           f"{out['writer_us']:.1f} µs, total {out['total_us']:.1f} µs", flush=True)
@@ -135,7 +161,7 @@ async def run(args: argparse.Namespace) -> None:
         argv = ["-m", "services.profile", "--port", str(port), "--data-dir", data_dir, "--log-level", "WARNING",
                 "--purge-interval-seconds", "0", *args.server_arg]
         with server(argv) as proc:
-            real = await drive(port, proc, requests, args.in_flight, "profile")
+            real = await drive(port, proc, requests, args.in_flight, "profile", probe=args.track_probe)
         n, mean = profile_bytes(Path(data_dir) / "profile")
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
@@ -151,6 +177,8 @@ def main() -> None:
     parser.add_argument("--in-flight", type=int, default=4, help="TrackBatch calls outstanding")
     parser.add_argument("--server-arg", action="append", default=[],
                         help="extra flag for the profile service (repeatable)")
+    parser.add_argument("--track-probe", action="store_true",
+                        help="also time a lone sequential Track during the profile run")
     parser.add_argument("--noop-server", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.noop_server:

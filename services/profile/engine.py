@@ -15,6 +15,7 @@ validating the next events: ingest uses two cores. Reads stay in this process.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import dataclasses
 import functools
@@ -97,7 +98,9 @@ class ProfileEngine:
         self.batch_max_events = max(1, batch_max_events)
         self.purge_interval_seconds = purge_interval_seconds
         self.clock = clock
-        self._queue: asyncio.Queue[_Job] | None = None
+        # Jobs in order; None only wakes the writer loop (a lone Track went to `_urgent`).
+        self._queue: asyncio.Queue[_Job | None] | None = None
+        self._urgent: collections.deque[_Job] = collections.deque()  # lone Tracks, ahead of queued batches
         self._writer: asyncio.Task[None] | None = None
         self._purger: asyncio.Task[None] | None = None
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="profile-writer")
@@ -140,9 +143,10 @@ class ProfileEngine:
             await asyncio.get_running_loop().run_in_executor(self._executor, self.writer.stop)
         self._executor.shutdown(wait=True)
         if self._queue is not None:
-            while not self._queue.empty():
-                job = self._queue.get_nowait()
-                if not job.future.done():
+            pending = [*self._urgent, *(self._queue.get_nowait() for _ in range(self._queue.qsize()))]
+            self._urgent.clear()
+            for job in pending:
+                if job is not None and not job.future.done():
                     job.future.set_exception(Unavailable("the profile service is shutting down"))
         if self.store is not None:
             self.store.close()
@@ -154,16 +158,30 @@ class ProfileEngine:
         loop = asyncio.get_running_loop()
         held: _Job | None = None
         while True:
-            job = held if held is not None else await queue.get()
-            held = None
+            if held is not None:
+                job, held = held, None
+            elif self._urgent:
+                job = self._urgent.popleft()
+            else:
+                queued = await queue.get()
+                if queued is None:
+                    continue
+                job = queued
             if job.call is not None:
                 await self._run_call(loop, job)
                 self._wake_followers()
                 continue
             jobs = [job]
             count = len(job.events or ())
+            # Lone Tracks first: they join the next group commit instead of waiting behind the
+            # bulk batches already queued (their wait is one commit, not the whole queue).
+            while self._urgent and count < self.batch_max_events:
+                jobs.append(self._urgent.popleft())
+                count += 1
             while count < self.batch_max_events and not queue.empty():
                 nxt = queue.get_nowait()
+                if nxt is None:
+                    continue
                 if nxt.call is not None:
                     held = nxt
                     break
@@ -232,11 +250,16 @@ class ProfileEngine:
         if not job.future.done():
             job.future.set_result(result)
 
-    def _submit_events(self, events: Sequence[common_pb2.Event]) -> asyncio.Future[list[TrackResult]]:
+    def _submit_events(self, events: Sequence[common_pb2.Event],
+                       urgent: bool = False) -> asyncio.Future[list[TrackResult]]:
         if self._queue is None:
             raise RuntimeError("ProfileEngine.start() was not called")
         future: asyncio.Future[list[TrackResult]] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Job(events, None, future))
+        if urgent:
+            self._urgent.append(_Job(events, None, future))
+            self._queue.put_nowait(None)  # wakes the writer loop if it waits on the queue
+        else:
+            self._queue.put_nowait(_Job(events, None, future))
         return future
 
     async def _write(self, call: Callable[[], T]) -> T:
@@ -314,7 +337,7 @@ class ProfileEngine:
     async def track(self, event: common_pb2.Event) -> TrackResult:
         """Apply one event; returns once it is durable (or was a duplicate)."""
         self.validate(event)
-        results = await asyncio.shield(self._submit_events([event]))
+        results = await asyncio.shield(self._submit_events([event], urgent=True))
         return results[0]
 
     async def track_batch(self, events: Sequence[common_pb2.Event]) -> StreamSummary:

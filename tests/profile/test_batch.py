@@ -127,3 +127,29 @@ async def test_sigkill_during_batches_loses_no_acknowledged_event(tmp_path: Path
 @pytest.mark.slow
 async def test_sigkill_during_batches_ten_times(tmp_path: Path) -> None:
     await _sigkill_loop(tmp_path, 10)
+
+
+async def test_a_lone_track_joins_the_next_group_commit_not_the_end_of_the_queue(tmp_path: Path) -> None:
+    from services.profile.engine import ProfileEngine
+    from services.profile.store import LmdbProfileStore
+
+    engine = ProfileEngine(LmdbProfileStore(tmp_path, sync=False), batch_max_events=C.MAX_TRACK_BATCH)
+    await engine.start()
+    try:
+        done: list[str] = []
+
+        async def batch(n: int) -> None:
+            events = [ev(ET.PAGE_VIEW, user=f"bulk{i % 20}", event_id=f"b{n}-{i}") for i in range(C.MAX_TRACK_BATCH)]
+            await engine.track_batch(events)
+            done.append(f"batch{n}")
+
+        async def track() -> None:
+            await engine.track(ev(ET.PAGE_VIEW, user="lone", event_id="lone"))
+            done.append("track")
+
+        tasks = [asyncio.create_task(batch(n)) for n in range(6)]
+        tasks.append(asyncio.create_task(track()))  # queued behind six full batches
+        await asyncio.gather(*tasks)
+        assert done.index("track") <= 2, done  # with the first or second group commit, not the seventh
+    finally:
+        await engine.stop()
