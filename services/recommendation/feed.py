@@ -50,6 +50,17 @@ class EventSignals:
         self.catalog = catalog
         self.signals = signals
         self.cursors: dict[str, int] = {}   # source -> next seq, matching the in-memory state
+        # Events of a source without a cursor older than this are already in the state: set when the
+        # state came from a snapshot written before the feed (Observe counted them), so the first
+        # replay of the log does not count them again.
+        self.counted_before_ms = 0
+        self._saved_sources: frozenset[str] = frozenset()
+
+    def resume(self, cursors: dict[str, int], counted_before_ms: int = 0) -> None:
+        """Continue from saved cursors; `counted_before_ms` for a state older than the feed."""
+        self.cursors = dict(cursors)
+        self._saved_sources = frozenset(cursors)
+        self.counted_before_ms = counted_before_ms
 
     def _valid(self, event: common_pb2.Event) -> tuple[int, int] | bool | str:
         """(row, category) of an event that carries a signal; False if it carries none (a type
@@ -85,6 +96,10 @@ class EventSignals:
         result.observed += counted
         result.ignored += len(run) - counted   # repeated event ids
 
+    def _counted_already(self, source: str, event: common_pb2.Event) -> bool:
+        return (self.counted_before_ms > 0 and source not in self._saved_sources
+                and 0 < event.timestamp_ms < self.counted_before_ms)
+
     def apply(self, source: str, items: Sequence[profile_pb2.LoggedEvent]) -> FeedBatch:
         """One batch of a shard's feed, in order; the source's cursor moves past the last item.
         Events between two identity or erasure items are counted in one call."""
@@ -101,7 +116,8 @@ class EventSignals:
             which = item.WhichOneof("item")
             if which == "event":
                 # no consent: no behavioural signal; malformed events never reach the log
-                valid = self._valid(item.event) if not item.personalization_off else False
+                valid = (self._valid(item.event) if not item.personalization_off
+                         and not self._counted_already(source, item.event) else False)
                 if isinstance(valid, tuple):
                     run.append((item.event, valid[0], valid[1], item.canonical_user_id))
                 else:

@@ -191,11 +191,13 @@ class RecommendationService:
         self.signal_store = SignalStore(self.catalog.env)
         blob, cursors = await asyncio.to_thread(self.signal_store.load)
         legacy = self.directory / SNAPSHOT_FILE
+        counted_before_ms = 0
         if blob is not None:
             await asyncio.to_thread(self.signals.restore, blob, self.catalog.row_of)
-        elif legacy.exists():
+        elif legacy.exists():   # Observe counted what it holds: the first replay skips events before it
             await asyncio.to_thread(self.signals.restore, legacy, self.catalog.row_of)
-        self.event_signals.cursors = cursors
+            counted_before_ms = int(legacy.stat().st_mtime * 1000)
+        self.event_signals.resume(cursors, counted_before_ms)
 
     def start_feeds(self) -> None:
         """Follow every profile shard's event log (the real-time signals' source)."""

@@ -143,6 +143,16 @@ def test_a_snapshot_keeps_counts_pairs_baskets_and_event_ids(catalog: Catalog) -
     assert together(back, "p1") == ["p2", "p3"]                 # and e1 again was a repeat
 
 
+def test_after_a_snapshot_from_before_the_feed_the_first_replay_skips_what_observe_counted(
+        catalog: Catalog) -> None:
+    es = fresh(catalog)
+    es.resume({"1": 7}, counted_before_ms=NOW_MS + 10)     # shard 1 already followed; shard 0 never
+    old, new = event(VIEW, "p1", eid="old", t=NOW_MS), event(VIEW, "p2", eid="new", t=NOW_MS + 20)
+    assert es.apply("0", [logged(1, old), logged(2, new)]).observed == 1
+    assert trending(es, "p1") == 0 and trending(es, "p2") > 0
+    assert es.apply("1", [logged(7, event(VIEW, "p3", eid="o3", t=NOW_MS))]).observed == 1
+
+
 # -- through a real profile server ----------------------------------------------------------------
 @dataclasses.dataclass
 class Suite:
