@@ -1,4 +1,4 @@
-"""The real services in-process (one profile shard, segmentation, recommendation, gateway)
+"""The real services in-process (one profile shard, segmentation, recommendation, journeys, gateway)
 with a small demo store, run on an event loop in a background thread, so that synchronous
 clients (Starlette's TestClient, Playwright's sync API) can drive the console against them."""
 
@@ -54,6 +54,7 @@ class Backends:
     profile: RunningServer
     segmentation: RunningServer
     recommendation: RunningServer
+    journeys: RunningServer
     gateway: RunningServer
     now_ms: int
 
@@ -61,7 +62,7 @@ class Backends:
         settings: dict[str, Any] = {
             "port": 0, "data_dir": str(self.root / "console-data"), "password": "s3cret-pass",
             "gateway_address": self.gateway.address, "segmentation_address": self.segmentation.address,
-            "recommendation_address": self.recommendation.address, "journeys_address": unused_address(),
+            "recommendation_address": self.recommendation.address, "journeys_address": self.journeys.address,
             "session_secret": "test-secret",
         }
         settings.update(overrides)
@@ -69,13 +70,15 @@ class Backends:
 
     async def close(self) -> None:
         await self.gateway.stop(0)
-        for running in (self.segmentation, self.recommendation, self.profile):
+        for running in (self.journeys, self.segmentation, self.recommendation, self.profile):
             await running.stop(0)
 
 
 async def start_backends(root: Path) -> Backends:
     from services.gateway.app import GatewayService
     from services.gateway.config import GatewayConfig
+    from services.journeys.app import build_service as build_journeys
+    from services.journeys.config import JourneysConfig
     from services.profile.app import build_service as build_profile
     from services.profile.config import ProfileConfig
     from services.recommendation.app import build_service as build_recommendation
@@ -83,6 +86,7 @@ async def start_backends(root: Path) -> Backends:
     from services.segmentation.app import build_service as build_segmentation
     from services.segmentation.config import SegmentationConfig
     from vitrine.demo.config import DemoConfig
+    from vitrine.demo.journeys import put_demo_journeys
     from vitrine.demo.loader import load_demo
 
     profile_config = ProfileConfig(port=0, data_dir=str(root / "profile"), purge_interval_seconds=0)
@@ -95,10 +99,16 @@ async def start_backends(root: Path) -> Backends:
                                    segmentation_address=segmentation.address,
                                    recommendation_address=recommendation.address, deadline_ms=500)
     gateway = await build_server(gateway_config, GatewayService(gateway_config))
+    # Journeys follow the event log from its start: defined before the demo's events, as vitrine up does.
+    journeys_config = JourneysConfig(port=0, data_dir=str(root / "journeys"), profile_addresses=profile.address,
+                                     recommendation_address=recommendation.address,
+                                     segmentation_address=segmentation.address, quiet_start_hour=0, quiet_end_hour=0)
+    journeys = await build_server(journeys_config, build_journeys(journeys_config))
+    await put_demo_journeys(journeys.address)
     report = await load_demo(
         DemoConfig(n_products=DEMO_PRODUCTS, n_shoppers=DEMO_SHOPPERS, seed=7),
         profile_addresses=[profile.address], gateway_address=gateway.address,
         segmentation_address=segmentation.address, recommendation_address=recommendation.address,
         progress=False)
     assert not report.errors, report.errors[:5]
-    return Backends(root, profile, segmentation, recommendation, gateway, report.now_ms)
+    return Backends(root, profile, segmentation, recommendation, journeys, gateway, report.now_ms)

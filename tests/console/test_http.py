@@ -4,10 +4,12 @@ audit log, every page, and what an operator sees when a backend is down."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
 import re
+import time
 from pathlib import Path
 
 import grpc
@@ -18,7 +20,16 @@ from starlette.testclient import TestClient
 from services.console.app import OPEN_PATHS, build_app
 from tests.console.conftest import PASSWORD, csrf_of, log_in, scan_profiles
 from tests.console.suite import Backends, LoopThread, unused_address
-from vitrine.v1 import common_pb2, recommend_pb2, segment_pb2, segment_pb2_grpc
+from vitrine.v1 import (
+    common_pb2,
+    gateway_pb2_grpc,
+    journey_pb2,
+    journey_pb2_grpc,
+    profile_pb2,
+    recommend_pb2,
+    segment_pb2,
+    segment_pb2_grpc,
+)
 
 
 def audit_lines(client: TestClient) -> list[dict[str, object]]:
@@ -107,7 +118,7 @@ def test_customer_page_shows_the_single_customer_view(client: TestClient,
     assert "What this shopper sees now" in page and "for_you" in page
     assert "registered</a>" in page  # the built-in segment, evaluated now
     assert 'id="affinity-data"' in page
-    assert "Journey messages unavailable" in page  # no journeys service in this suite: a note, not an error
+    assert "Journey messages unavailable" not in page
     assert "Traceback" not in page
 
 
@@ -233,7 +244,10 @@ def test_catalog_journeys_experiments_and_audit_pages(client: TestClient) -> Non
     catalog = client.get("/catalog")
     assert catalog.status_code == 200 and "Trending now" in catalog.text and "Model" in catalog.text
     journeys = client.get("/journeys")
-    assert journeys.status_code == 200 and "Journeys unavailable" in journeys.text  # no journeys service here
+    assert journeys.status_code == 200 and "Journeys unavailable" not in journeys.text
+    for journey_id in ("abandoned-cart", "welcome", "win-back"):  # the demo's journeys, with statistics
+        assert f"<strong>{journey_id}</strong>" in journeys.text
+    assert "statistics unavailable" not in journeys.text
     experiments = client.get("/experiments")
     assert experiments.status_code == 200 and "Traceback" not in experiments.text
     audit = client.get("/audit")
@@ -298,3 +312,47 @@ def test_experiments_page_and_the_shoppers_assignment(client: TestClient, loop_t
     finally:
         loop_thread.run(segments("DeleteExperiment",
                                  segment_pb2.DeleteExperimentRequest(experiment_id="console-home-test")))
+
+
+def test_journey_messages_are_on_the_shoppers_timeline(client: TestClient, loop_thread: LoopThread,
+                                                       backends: Backends) -> None:
+    """A new visitor opts in to marketing and registers: the demo's welcome journey (no delay) sends
+    a message, which the customer page shows on the timeline."""
+    visitor, customer = "console-journey-visitor", "console-journey-customer"
+
+    async def register_and_wait() -> None:
+        async with grpc.aio.insecure_channel(backends.gateway.address) as gw, \
+                grpc.aio.insecure_channel(backends.journeys.address) as jr:
+            gateway = gateway_pb2_grpc.PersonalizationServiceStub(gw)
+            await gateway.Track(profile_pb2.TrackRequest(event=common_pb2.Event(
+                event_id=f"{visitor}-0", user_id=visitor, type=common_pb2.PAGE_VIEW,
+                timestamp_ms=int(time.time() * 1000))), timeout=5)
+            await gateway.SetConsent(profile_pb2.SetConsentRequest(user_id=visitor, consent=common_pb2.Consent(
+                personalization=True, marketing=True)), timeout=5)
+            await gateway.Identify(profile_pb2.IdentifyRequest(anonymous_id=visitor, customer_id=customer),
+                                   timeout=5)
+            stub = journey_pb2_grpc.JourneyServiceStub(jr)
+            deadline = asyncio.get_running_loop().time() + 60  # the journeys service follows the feed
+            while asyncio.get_running_loop().time() < deadline:
+                reply = await stub.ListUserMessages(journey_pb2.ListUserMessagesRequest(user_id=customer, limit=5),
+                                                    timeout=5)
+                if reply.messages:
+                    return
+                await asyncio.sleep(0.2)
+            raise AssertionError("the welcome journey sent no message within 60 s")
+
+    loop_thread.run(register_and_wait(), timeout=90)
+    page = client.get("/customers", params={"q": visitor})
+    assert page.status_code == 200 and 'class="g-journey"' in page.text and "welcome" in page.text
+
+
+def test_only_the_journeys_service_down(backends: Backends, tmp_path: Path,
+                                        demo_profiles: list[common_pb2.Profile]) -> None:
+    config = backends.console_config(data_dir=str(tmp_path), journeys_address=unused_address())
+    with TestClient(build_app(config), base_url="http://127.0.0.1") as client:
+        log_in(client)
+        customer = client.get("/customers", params={"q": customer_with_alias(demo_profiles).user_id})
+        assert customer.status_code == 200 and "Journey messages unavailable" in customer.text
+        assert "What this shopper sees now" in customer.text  # the rest of the page is there
+        journeys = client.get("/journeys")
+        assert journeys.status_code == 200 and "Journeys unavailable" in journeys.text
