@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 from services.common.metrics import ABANDONED_RESPONSES
@@ -74,3 +75,21 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     grpc_core = logging.getLogger("grpc._cython.cygrpc")
     grpc_core.filters[:] = [f for f in grpc_core.filters if not isinstance(f, AbandonedCalls)]
     grpc_core.addFilter(AbandonedCalls(lambda method: ABANDONED_RESPONSES.labels(method).inc()))
+
+
+class LogOnce:
+    """Which recurring conditions were logged already. A fallback or unexpected error is counted
+    in its metric every time and logged the first time only (per key): never silent, and a
+    condition that repeats per request cannot flood the log."""
+
+    def __init__(self) -> None:
+        self._seen: set[Hashable] = set()
+        self._lock = threading.Lock()  # the wire reader's fallbacks also happen in worker threads
+
+    def first(self, key: Hashable) -> bool:
+        """True the first time `key` is seen."""
+        with self._lock:
+            if key in self._seen:
+                return False
+            self._seen.add(key)
+            return True

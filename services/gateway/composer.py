@@ -10,15 +10,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import grpc
 
+from services.common.logs import LogOnce
 from services.gateway import config as limits
+from services.gateway.backends import ProfileBackend, RecommendBackend, SegmentBackend
 from services.gateway.defaults import ANCHORED, PERSONAL, Slot, slots_for
 from services.gateway.experiments import ExperimentSlots, ExposureLog, exposure_event
 from services.gateway.fallback import FALLBACK_STRATEGY, TrendingCache, context_segments
-from services.gateway.metrics import ASSIGNMENTS_SERVED, ASSIGNMENTS_UNSERVED, BACKEND_LATENCY, FALLBACKS
+from services.gateway.metrics import (
+    ASSIGNMENTS_SERVED,
+    ASSIGNMENTS_UNSERVED,
+    BACKEND_LATENCY,
+    FALLBACKS,
+    UNEXPECTED_ERRORS,
+)
 from services.gateway.observe import ObserveForwarder
 from vitrine.v1 import common_pb2, gateway_pb2, profile_pb2, recommend_pb2, segment_pb2
 
@@ -35,9 +44,18 @@ RECOMMENDATION_UNAVAILABLE = "recommendation_unavailable"
 _BACKEND_ERRORS = (Exception,)
 
 
+_logged = LogOnce()
+
+
 def _unexpected(err: BaseException, backend: str) -> None:
-    if not isinstance(err, grpc.aio.AioRpcError | TimeoutError):
-        log.warning("unexpected error calling %s", backend, exc_info=err)
+    """An error that is neither a status nor a timeout is counted, and logged once per kind."""
+    if isinstance(err, grpc.aio.AioRpcError | TimeoutError):
+        return
+    kind = type(err).__name__
+    UNEXPECTED_ERRORS.labels(backend, kind).inc()
+    if _logged.first((backend, kind)):
+        log.warning("unexpected %s calling %s: the part fell back (each one is counted in "
+                    "vitrine_gateway_unexpected_errors_total; this is logged once)", kind, backend, exc_info=err)
 
 
 # One placement's answer: the result, whether it came from the backend, the model version.
@@ -78,7 +96,7 @@ def consent_withdrawn(profile: common_pb2.Profile) -> bool:
 
 def user_signals(profile: common_pb2.Profile) -> recommend_pb2.UserSignals:
     """What Recommend needs to know about the shopper, taken from the profile."""
-    affinities = profile.category_affinity
+    affinities: Mapping[str, float] = profile.category_affinity
     if len(affinities) > limits.MAX_SIGNAL_AFFINITIES:
         top = sorted(affinities.items(), key=lambda kv: kv[1], reverse=True)[:limits.MAX_SIGNAL_AFFINITIES]
         affinities = dict(top)
@@ -95,9 +113,10 @@ def user_signals(profile: common_pb2.Profile) -> recommend_pb2.UserSignals:
 
 
 class Composer:
-    """Personalize and Track; backends are injected (stubs or fakes with the same methods)."""
+    """Personalize and Track; backends are injected (stubs, or anything with the same calls: backends.py)."""
 
-    def __init__(self, router: Any, segments: Any, recommend: Any, trending: TrendingCache,
+    def __init__(self, router: ProfileBackend, segments: SegmentBackend, recommend: RecommendBackend,
+                 trending: TrendingCache,
                  observer: ObserveForwarder | None, *, deadline_ms: int = 50,
                  experiments: ExperimentSlots | None = None, exposures: ExposureLog | None = None) -> None:
         self.router = router
@@ -172,8 +191,9 @@ class Composer:
                 chosen = self._under_variants(chosen, (await segmenting)[3], served)
             return await self._placements(request, chosen, signals, deadline)
 
-        (segment_ids, offers, segments_ok, assignments), placed, *ranked_placed = await asyncio.gather(
-            segmenting, listed_placements(), *(self._ranked(request, slots[i], signals, deadline) for i in ranked))
+        (segment_ids, offers, segments_ok, assignments), placed, ranked_placed = await asyncio.gather(
+            segmenting, listed_placements(),
+            asyncio.gather(*(self._ranked(request, slots[i], signals, deadline) for i in ranked)))
         self._note_unserved(request, slots, assignments, served)
         by_index = dict(zip(listed, placed, strict=True)) | dict(zip(ranked, ranked_placed, strict=True))
         placements = [by_index[i] for i in range(len(slots))]
@@ -207,8 +227,8 @@ class Composer:
         """The placements with each assigned variant's strategy and k (0 = the placement's own);
         the assignments applied are appended to `served`."""
         by_slot: dict[str, segment_pb2.Assignment] = {}
-        for assignment in assignments:
-            by_slot.setdefault(assignment.slot_id, assignment)  # one experiment per slot: the first
+        for each in assignments:
+            by_slot.setdefault(each.slot_id, each)  # one experiment per slot: the first
         chosen = []
         for slot in slots:
             assignment = by_slot.get(slot.slot_id)

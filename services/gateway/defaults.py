@@ -11,7 +11,7 @@ from vitrine.v1 import gateway_pb2, recommend_pb2
 S = recommend_pb2.Strategy
 
 # page_type -> (slot_id, strategy) in answer order.
-DEFAULT_PLACEMENTS: dict[str, tuple[tuple[str, int], ...]] = {
+DEFAULT_PLACEMENTS: dict[str, tuple[tuple[str, recommend_pb2.Strategy.ValueType], ...]] = {
     "home": (("for_you", S.FOR_YOU), ("trending", S.TRENDING)),
     "product": (("similar", S.SIMILAR), ("bought_together", S.BOUGHT_TOGETHER), ("up_sell", S.UP_SELL)),
     "cart": (("cart_complements", S.CART_COMPLEMENTS),),
@@ -30,7 +30,7 @@ PERSONAL = frozenset({S.FOR_YOU, S.RECENTLY_VIEWED})
 @dataclass(slots=True)
 class Slot:
     slot_id: str
-    strategy: int
+    strategy: recommend_pb2.Strategy.ValueType
     k: int
     constraints: recommend_pb2.Constraints = field(default_factory=recommend_pb2.Constraints)
     # The caller's own list (search results, a category page): answered by Rank in this order's stead.

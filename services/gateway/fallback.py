@@ -16,11 +16,13 @@ from typing import Any
 
 import grpc
 
+from services.common.logs import LogOnce
 from services.gateway import config as limits
-from services.gateway.metrics import TRENDING_REFRESHES
+from services.gateway.metrics import TRENDING_CATEGORY_ERRORS, TRENDING_REFRESHES
 from vitrine.v1 import common_pb2, recommend_pb2
 
 log = logging.getLogger(__name__)
+_logged = LogOnce()
 
 FALLBACK_STRATEGY = "TRENDING"
 
@@ -125,8 +127,13 @@ class TrendingCache:
                 self._by_category[category] = await self._fetch(category)
                 while len(self._by_category) > self._max_categories:
                     self._by_category.popitem(last=False)
-            except (TimeoutError, grpc.aio.AioRpcError):
-                pass
+            except (TimeoutError, grpc.aio.AioRpcError) as err:
+                # The global list serves this category meanwhile; the next request asks again.
+                code = err.code().name if isinstance(err, grpc.aio.AioRpcError) else "TIMEOUT"
+                TRENDING_CATEGORY_ERRORS.labels(code).inc()
+                if _logged.first(code):
+                    log.warning("fetching a category's trending list failed (%s); the global list serves it "
+                                "(counted in vitrine_gateway_trending_category_errors_total; logged once)", code)
             finally:
                 self._pending.discard(category)
 

@@ -7,6 +7,14 @@ from prometheus_client import Counter, Histogram
 from services.common.metrics import LATENCY_BUCKETS
 
 FALLBACKS = Counter("vitrine_gateway_fallbacks_total", "Personalize answers degraded, by reason", ["reason"])
+UNEXPECTED_ERRORS = Counter(
+    "vitrine_gateway_unexpected_errors_total",
+    "Backend calls that failed with neither a gRPC status nor a timeout (a bug on some side: the part "
+    "fell back; logged once per backend and error type), by backend and error type", ["backend", "error"])
+TRENDING_CATEGORY_ERRORS = Counter(
+    "vitrine_gateway_trending_category_errors_total",
+    "Background fetches of one category's trending list that failed (the global list serves; logged "
+    "once per status), by status", ["code"])
 BACKEND_LATENCY = Histogram(
     "vitrine_gateway_backend_seconds",
     "Backend calls made by Personalize, by backend and outcome (ok, error, timeout)",
