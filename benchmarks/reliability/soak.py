@@ -139,8 +139,8 @@ async def run_load(gateway: str, users: list[str], seconds: float, rate: float, 
                                     "processes": sample_processes(suite)})
                     window.clear()
                     next_sample += sample_seconds
-                bar.n = int(now - started)
-                bar.refresh()
+                if int(now - started) > bar.n:
+                    bar.update(int(now - started) - bar.n)
                 await asyncio.sleep(1.0 / rate)  # pacing of an open-loop load generator
             await asyncio.gather(*tasks)
     samples.append({"t": round(time.monotonic() - started, 1), "requests": i, "errors": errors["n"],
