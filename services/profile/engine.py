@@ -297,15 +297,13 @@ class ProfileEngine:
         # After reaching the head, wait for the writer's next commit (no polling). Items are read
         # only from committed transactions, so each acknowledged change appears exactly once and
         # nothing unacknowledged does.
-        parse = profile_pb2.LoggedEvent.FromString
+        feed_item = self.store.feed_item
         while True:
             written = self._log_written  # taken before reading: a commit after the read wakes us
             assert written is not None
             rows = self.store.read_log(cursor, size)
             for seq, raw in rows:
-                item = parse(raw)
-                item.seq = seq
-                yield item
+                yield feed_item(seq, raw)
             if rows:
                 cursor = rows[-1][0] + 1
                 FEED_ITEMS.inc(len(rows))

@@ -97,10 +97,13 @@ _VARINTS = [varint(n) for n in range(_VARINT_TABLE)]
 
 def logged_event_bytes(event: bytes, canonical: bytes, flags: int) -> bytes:
     """A serialized LoggedEvent (without seq) around an already serialized Event, built by hand
-    so the event is serialized once per write (for the log, which is also the feed)."""
-    n, m = len(event), len(canonical)
-    out = b"".join((_TAG_LOGGED_EVENT, _VARINTS[n] if n < _VARINT_TABLE else varint(n), event,
-                    _TAG_CANONICAL, _VARINTS[m] if m < _VARINT_TABLE else varint(m), canonical))
+    so the event is serialized once per write (for the log, which is also the feed).
+    `canonical` empty: the event's own user_id is the profile (the feed fills it in on reading)."""
+    n = len(event)
+    out = _TAG_LOGGED_EVENT + (_VARINTS[n] if n < _VARINT_TABLE else varint(n)) + event
+    if canonical:
+        m = len(canonical)
+        out += _TAG_CANONICAL + (_VARINTS[m] if m < _VARINT_TABLE else varint(m)) + canonical
     return out + _PERSONALIZATION_OFF if flags & fold.FLAG_NO_PERSONALIZATION else out
 
 

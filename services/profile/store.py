@@ -288,7 +288,9 @@ class LmdbProfileStore:
         return (U64.unpack(start)[0] if start else 1), (U64.unpack(head)[0] if head else 0)
 
     def read_log(self, from_seq: int, limit: int) -> list[tuple[int, bytes]]:
-        """Up to `limit` (seq, serialized LoggedEvent without seq) from `from_seq` on, in order."""
+        """Up to `limit` (seq, serialized LoggedEvent without seq) from `from_seq` on, in order.
+        An event item without canonical_user_id was applied to its own user_id (see
+        `feed_item`, which fills it in)."""
         out: list[tuple[int, bytes]] = []
         with read_txn(self.env, self.log) as txn:
             cursor = txn.cursor()
@@ -300,6 +302,15 @@ class LmdbProfileStore:
                 if len(out) >= limit:
                     break
         return out
+
+    @staticmethod
+    def feed_item(seq: int, raw: bytes) -> profile_pb2.LoggedEvent:
+        """A log item as the feed serves it: with its seq and canonical_user_id always set."""
+        item = profile_pb2.LoggedEvent.FromString(raw)
+        item.seq = seq
+        if not item.canonical_user_id:
+            item.canonical_user_id = item.event.user_id
+        return item
 
     # -------------------------------------------------------------------------------- writes
     def apply_events(self, events: Sequence[common_pb2.Event], now_ms: int) -> list[TrackResult]:
@@ -342,8 +353,9 @@ class LmdbProfileStore:
                 apply_event(state, event, flags, settings)
                 seq += 1
                 put(prefix + pack(event.timestamp_ms, seq), FLAG_BYTES[flags], db=events_db)
-                put(pack_seq(seq), logged_event_bytes(event.SerializeToString(), user, flags), db=log_db,
-                    append=True)
+                # The log item names the profile only when it differs from the event's user_id.
+                put(pack_seq(seq), logged_event_bytes(event.SerializeToString(), b"" if user_id == uid else user,
+                                                      flags), db=log_db, append=True)
                 results.append(TrackResult(True, user_id, seq))
             w.seq = seq
             changes = []

@@ -27,6 +27,8 @@ def test_hand_built_logged_event_parses_as_the_message(url_length: int, flags: i
     assert item.personalization_off == bool(flags) and item.WhichOneof("item") == "event"
     expected = profile_pb2.LoggedEvent(event=event, canonical_user_id="customer-9", personalization_off=bool(flags))
     assert raw == expected.SerializeToString()  # the same bytes protobuf itself writes
+    own = LmdbProfileStore.feed_item(7, logged_event_bytes(event.SerializeToString(), b"", flags))
+    assert (own.seq, own.canonical_user_id, own.event) == (7, "shopper-1", event)  # filled in on reading
 
 
 def test_a_failing_block_changes_nothing_and_publishes_nothing(tmp_path: Path) -> None:
