@@ -87,6 +87,10 @@ def run(args: argparse.Namespace, data_dir: Path) -> None:
     env = {"VITRINE_CONSOLE_PASSWORD": PASSWORD, "VITRINE_LOG_LEVEL": "WARNING"}
     print(f"starting the suite in {data_dir} ...", file=sys.stderr)
     with Suite(layout, env=env) as suite:
+        if "journeys" in layout.ports:  # as vitrine up: journeys first, so the events produce messages
+            from vitrine.demo.journeys import put_demo_journeys
+
+            asyncio.run(put_demo_journeys(layout.address("journeys")))
         demo = DemoConfig(n_products=args.products, n_shoppers=args.shoppers)
         report = asyncio.run(load_demo(
             demo, profile_addresses=layout.profile_addresses(), gateway_address=layout.address("gateway"),
@@ -107,7 +111,8 @@ def run(args: argparse.Namespace, data_dir: Path) -> None:
                 started = time.perf_counter()
                 client.get("/healthz")
                 floor.append((time.perf_counter() - started) * 1000)
-            pages, sizes, events = [], [], []
+            pages, sizes, events, messages = [], [], [], []
+            degraded: list[str] = []
             cpu_before = cpu_seconds(console_pid) or 0.0
             for _ in tqdm(range(args.rounds), desc="rounds", unit="round"):
                 for user_id in ids:
@@ -118,18 +123,25 @@ def run(args: argparse.Namespace, data_dir: Path) -> None:
                     sizes.append(len(reply.content))
                     found = re.search(r"(\d+) stored events", reply.text)
                     events.append(int(found.group(1)) if found else 0)
+                    sent = re.search(r"(\d+) journey messages", reply.text)
+                    messages.append(int(sent.group(1)) if sent else 0)
+                    if 'class="banner warn"' in reply.text:  # a part missed its deadline: count it, say which
+                        degraded.append(re.sub(r"<[^>]+>", "", reply.text.split('class="banner warn"', 1)[1]
+                                               .split("</div>", 1)[0]).strip(' >"')[:120])
             cpu_page_ms = ((cpu_seconds(console_pid) or 0.0) - cpu_before) * 1000 / len(pages)
         grpc_times = asyncio.run(get_profile_times(layout.address("gateway"), ids, args.rounds))
     print(f"\ncustomer page, {len(ids)} {'heaviest ' if args.heaviest else ''}demo customers x {args.rounds} rounds "
           f"({args.shoppers} shoppers, {args.products} products); page {statistics.median(sizes) / 1024:.0f} KiB "
-          f"median, {statistics.median(events):.0f} stored events median (max {max(events)})")
+          f"median, {statistics.median(events):.0f} stored events median (max {max(events)}), "
+          f"{sum(m > 0 for m in messages) / len(messages):.0%} of pages with journey messages")
     print(line("GET /customers?q=<demo customer>", pages, f"console CPU {cpu_page_ms:.1f} ms/page"))
     print(line("GET /healthz (HTTP floor)", floor))
     print(line("gateway GetProfile (gRPC floor)", grpc_times))
     p50 = percentiles(pages)["p50"]
     print(f"page p50 / healthz p50 = {p50 / statistics.median(floor):.0f}x; "
           f"page p50 / GetProfile p50 = {p50 / statistics.median(grpc_times):.1f}x; "
-          f"under 300 ms: {sum(t < 300 for t in pages)}/{len(pages)}")
+          f"under 300 ms: {sum(t < 300 for t in pages)}/{len(pages)}; pages with a part missing: {len(degraded)}"
+          + (f" (first: {degraded[0]})" if degraded else ""))
 
 
 def main() -> None:
