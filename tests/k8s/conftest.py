@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.k8s import kustomize_lite
+from tests.k8s import kustomize
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
@@ -26,7 +26,7 @@ def render(overlay: str) -> list[dict[str, Any]]:
     """Objects of k8s/overlays/<overlay> (or k8s/base for "base"), rendered once per session."""
     if overlay not in _cache:
         path = K8S / "base" if overlay == "base" else K8S / "overlays" / overlay
-        _cache[overlay] = kustomize_lite.build(path)
+        _cache[overlay] = kustomize.build(path)
     return _cache[overlay]
 
 
