@@ -43,7 +43,7 @@ class SegmentationService:
         config = self.config
         store = DefinitionStore(Path(config.data_dir) / "segmentation")
         engine = SegmentEngine(store, cart_abandon_minutes=config.cart_abandon_minutes,
-                               at_risk_quiet_days=config.at_risk_quiet_days)
+                               at_risk_quiet_days=config.at_risk_quiet_days, wire_reader=config.wire_reader)
         await engine.open()
         engine.evaluate(None, None)  # warm-up: every built-in rule runs once
         warm_up()

@@ -95,6 +95,10 @@ class SegmentationConfig(ServerConfig):
     at_risk_quiet_days: int = dataclasses.field(
         default=AT_RISK_QUIET_DAYS, metadata={"help": "at_risk: days without a purchase"}
     )
+    wire_reader: bool = dataclasses.field(
+        default=True, metadata={"help": "Evaluate reads rule features straight from the serialized profile (the "
+                                        "Numba wire reader); false: through protobuf's parser (A/B measurement)"}
+    )
     follow_events: bool = dataclasses.field(
         default=True, metadata={"help": "follow every profile shard's event log (FollowEvents) for experiment results"}
     )

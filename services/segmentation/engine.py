@@ -112,8 +112,9 @@ class SegmentEngine:
     def __init__(self, store: DefinitionStore | None = None, *,
                  cart_abandon_minutes: int = cfg.CART_ABANDON_MINUTES,
                  at_risk_quiet_days: int = cfg.AT_RISK_QUIET_DAYS,
-                 clock: Callable[[], int] = now_ms) -> None:
+                 clock: Callable[[], int] = now_ms, wire_reader: bool = True) -> None:
         self._store = store
+        self._wire_reader = wire_reader
         self._clock = clock
         self._lock = asyncio.Lock()
         self.builtin_rules = builtins.rule_segments(cart_abandon_minutes, at_risk_quiet_days)
@@ -182,7 +183,7 @@ class SegmentEngine:
             output_at=output_at,
             ranked_offers=tuple(ranked),
             program=program,
-            reader=WireReader(program),
+            reader=WireReader(program, wire=self._wire_reader),
         )
 
     async def _rebuild(self, segments: dict[str, segment_pb2.Segment], offers: dict[str, segment_pb2.Offer],

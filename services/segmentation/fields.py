@@ -12,12 +12,14 @@ and a second opinion in tests. The meaning of each access is the one of
 from __future__ import annotations
 
 import itertools
+import logging
 import operator
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from google.protobuf import descriptor
+from prometheus_client import Counter
 
 from scoring.rules import (
     VT,
@@ -32,8 +34,25 @@ from scoring.rules import (
 )
 from scoring.rules.wire import MALFORMED, Read, WireProgram
 from scoring.units import DAY_MS
+from services.common.logs import LogOnce
 from services.segmentation.config import MAX_EVENT_DAYS
 from vitrine.v1 import common_pb2
+
+log = logging.getLogger(__name__)
+
+# Never silent: each message the wire kernel could not read (protobuf's parser read it instead).
+WIRE_FALLBACKS = Counter("vitrine_segmentation_wire_fallbacks_total",
+                         "Profiles the wire reader could not read, read by the protobuf API instead "
+                         "(logged once per path), by path (evaluate, estimate)", ["path"])
+_logged = LogOnce()
+
+
+def _fell_back(path: str, messages: int = 1) -> None:
+    WIRE_FALLBACKS.labels(path).inc(messages)
+    if _logged.first(path):
+        log.warning("the wire reader could not read %d message(s) on the %s path; the protobuf reader read "
+                    "them (each is counted in vitrine_segmentation_wire_fallbacks_total; logged once)",
+                    messages, path)
 
 _CONTEXT_FIELDS: dict[str, FieldType] = {
     "device_type": FieldType.STRING, "os": FieldType.STRING, "browser": FieldType.STRING,
@@ -210,7 +229,8 @@ def _part(group: tuple[str, str], accesses: Sequence[Access]) -> Part:
         defaults = [default] * len(args)
         return lambda p: list(map(raw(p).get, args, defaults))
     if kind == "index":
-        return lambda p: [items[i] if i < len(items) else "" for items in (raw(p),) for i in args]
+        positions = cast(tuple[int, ...], args)  # the checker gives an index access whole numbers
+        return lambda p: [items[i] if i < len(items) else "" for items in (raw(p),) for i in positions]
     if kind == "contains":
         if SCHEMA.fields[field] is FieldType.STRING_LIST and len(args) > 1:
             # Scanning a repeated field costs ~0.3 us per element: one frozenset for all the tests.
@@ -280,7 +300,8 @@ def _field_path(message: descriptor.Descriptor, dotted: str) -> tuple[tuple[int,
     for name in dotted.split("."):
         field = message.fields_by_name[name]
         numbers.append(field.number)
-        message = field.message_type
+        if field.message_type is not None:  # None at the last, scalar, part of the path
+            message = field.message_type
     return tuple(numbers), field
 
 
@@ -296,6 +317,7 @@ def _scalar_op(field: descriptor.FieldDescriptor) -> str:
 def wire_read(access: Access) -> Read:
     """Where `access` is in the envelope, with the meaning FeatureReader gives it."""
     kind, name, arg = access.kind, access.field, access.arg
+    path: tuple[int, ...]
     if kind == "events":
         code = common_pb2.EventType.Value(name)
         return Read((_PROFILE_IN_ENVELOPE, _DAILY_FIELD), "window", args=(
@@ -358,20 +380,31 @@ def envelope(profile: common_pb2.Profile, context: common_pb2.Context) -> bytes:
 class WireReader:
     """A rule program evaluated straight from the serialized profile and context (one kernel call
     reads every feature and runs the program); FeatureReader's protobuf reads when the bytes
-    are not what the reads expect, which a message this process serialized never is."""
+    are not what the reads expect, which a message this process serialized never is (counted and
+    logged once if it happens). `wire=False` reads through the protobuf API only (the A/B switch
+    of the end-to-end measurement, SegmentationConfig.wire_reader)."""
 
-    def __init__(self, program: Program) -> None:
+    def __init__(self, program: Program, *, wire: bool = True) -> None:
         self.program = program
         self.wire = WireProgram(program, [wire_read(a) for a in program.numbers + program.strings], DAY_MS)
+        self.use_wire = wire
         self._fallback = FeatureReader(program)
 
     def read(self, profile: common_pb2.Profile, context: common_pb2.Context, now_ms: int) -> np.ndarray:
+        if not self.use_wire:
+            return self._fallback.read(profile, context, now_ms)
         features = self.wire.read(envelope(profile, context), now_ms)
-        return features if features is not None else self._fallback.read(profile, context, now_ms)
+        if features is None:
+            _fell_back("evaluate")
+            return self._fallback.read(profile, context, now_ms)
+        return features
 
     def matching(self, profile: common_pb2.Profile, context: common_pb2.Context, now_ms: int) -> np.ndarray:
+        if not self.use_wire:
+            return self._fallback.matching(profile, context, now_ms)
         hits = self.wire.run(envelope(profile, context), float(now_ms))
         if hits.shape[0] == 1 and hits[0] == MALFORMED:
+            _fell_back("evaluate")
             return self._fallback.matching(profile, context, now_ms)
         return hits
 
@@ -395,8 +428,11 @@ class ColumnExtractor:
         the protobuf API."""
         messages = [p if isinstance(p, bytes) else p.SerializeToString() for p in chunk]
         values, read = self.wire.read_many(messages, now_ms, root=(_PROFILE_IN_ENVELOPE,))
-        for row in np.flatnonzero(~read):
-            item = chunk[row]
+        unread = np.flatnonzero(~read)
+        if unread.size:
+            _fell_back("estimate", int(unread.size))
+        for row in unread:
+            item = chunk[int(row)]
             profile = common_pb2.Profile.FromString(item) if isinstance(item, bytes) else item
             values[:, row] = self._fallback.read(profile, _NO_CONTEXT, now_ms)
         columns: dict[str, np.ndarray] = {}
