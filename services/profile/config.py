@@ -43,7 +43,7 @@ DEFAULT_AFFINITY_HALF_LIFE_DAYS = 14.0
 RFM_REFRESH_SECONDS = 1.0           # quantile boundaries are recomputed at most this often
 
 # Ingest.
-DEFAULT_BATCH_MAX_EVENTS = 5000     # events per LMDB write transaction (group commit)
+DEFAULT_BATCH_MAX_EVENTS = 20_000   # events per LMDB write transaction (group commit); see README
 STREAM_CHUNK_EVENTS = 256           # a TrackStream hands events to the writer in chunks of this size
 STREAM_CHUNKS_IN_FLIGHT = 16        # chunks of one stream waiting for their commit (backpressure)
 STREAM_MAX_ERRORS = 100             # error strings returned in a TrackSummary

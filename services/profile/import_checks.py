@@ -52,8 +52,11 @@ def _check_number(value: float, field: FieldDescriptor, where: str) -> None:
     if field.type in _FLOAT and not math.isfinite(value):
         raise InvalidArgument(f"{where} is {value}; it must be a finite number")
     limit = _limit(field)
-    if value < 0 or value > limit:
-        raise InvalidArgument(f"{where} is {value}; it must be between 0 and {limit:g}")
+    # rfm.recency_days is -1 for a shopper who never bought (what GetProfile answers, so what a
+    # shard move imports).
+    lowest = -1 if field.name == "recency_days" else 0
+    if value < lowest or value > limit:
+        raise InvalidArgument(f"{where} is {value}; it must be between {lowest} and {limit:g}")
 
 
 def _check_message(msg: Message, path: str) -> None:
