@@ -23,7 +23,6 @@ from services.gateway.composer import Composer
 from services.gateway.config import DEFAULT_PORT, EXPERIMENT_CALL_TIMEOUT_S, TRENDING_CALL_TIMEOUT_S, GatewayConfig
 from services.gateway.experiments import ExperimentSlots, ExposureLog
 from services.gateway.fallback import TrendingCache
-from services.gateway.observe import ObserveForwarder
 from services.gateway.router import ProfileRouter
 from services.gateway.servicer import PersonalizationServicer
 from vitrine.v1 import gateway_pb2_grpc, recommend_pb2_grpc, segment_pb2_grpc
@@ -57,7 +56,6 @@ class GatewayService:
         self.composer: Composer | None = None
         self.router: ProfileRouter | None = None
         self.trending: TrendingCache | None = None
-        self.observer: ObserveForwarder | None = None
         self.experiments: ExperimentSlots | None = None
         self.exposures: ExposureLog | None = None
         self._channels: list[grpc.aio.Channel] = []
@@ -81,10 +79,9 @@ class GatewayService:
             segments = segment_pb2_grpc.SegmentServiceStub(segmentation)
             recommend = recommend_pb2_grpc.RecommendServiceStub(recommendation)
         self.trending = TrendingCache(recommend, config.trending_refresh_seconds)
-        self.observer = ObserveForwarder(recommend)
         self.experiments = ExperimentSlots(segments)
         self.exposures = ExposureLog(self.router)
-        self.composer = Composer(self.router, segments, recommend, self.trending, self.observer,
+        self.composer = Composer(self.router, segments, recommend, self.trending,
                                  deadline_ms=config.deadline_ms, experiments=self.experiments,
                                  exposures=self.exposures)
         self.servicer.bind(self.composer, self.router)
@@ -96,7 +93,6 @@ class GatewayService:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self.experiments.refresh(), EXPERIMENT_CALL_TIMEOUT_S)
         self.trending.start()
-        self.observer.start()
         self.experiments.start()
         self.exposures.start()
 
@@ -108,8 +104,6 @@ class GatewayService:
     async def stop(self) -> None:
         if self.trending is not None:
             await self.trending.stop()
-        if self.observer is not None:
-            await self.observer.stop()
         if self.experiments is not None:
             await self.experiments.stop()
         if self.exposures is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -28,7 +28,6 @@ from services.gateway.metrics import (
     FALLBACKS,
     UNEXPECTED_ERRORS,
 )
-from services.gateway.observe import ObserveForwarder
 from vitrine.v1 import common_pb2, gateway_pb2, profile_pb2, recommend_pb2, segment_pb2
 
 log = logging.getLogger(__name__)
@@ -116,14 +115,12 @@ class Composer:
     """Personalize and Track; backends are injected (stubs, or anything with the same calls: backends.py)."""
 
     def __init__(self, router: ProfileBackend, segments: SegmentBackend, recommend: RecommendBackend,
-                 trending: TrendingCache,
-                 observer: ObserveForwarder | None, *, deadline_ms: int = 50,
+                 trending: TrendingCache, *, deadline_ms: int = 50,
                  experiments: ExperimentSlots | None = None, exposures: ExposureLog | None = None) -> None:
         self.router = router
         self.segments = segments
         self.recommend = recommend
         self.trending = trending
-        self.observer = observer
         self.deadline_ms = deadline_ms
         self.experiments = experiments
         self.exposures = exposures
@@ -132,11 +129,9 @@ class Composer:
     # --- Track ---------------------------------------------------------------------------
 
     async def track(self, request: profile_pb2.TrackRequest) -> profile_pb2.TrackResponse:
-        """Durable in the profile shard (its error is the caller's), then best-effort Observe."""
-        reply = await self.router.track(request)
-        if reply.applied and self.observer is not None:
-            self.observer.offer(request.event)
-        return reply
+        """Durable in the profile shard; its error is the caller's. Nothing else is on the write
+        path: recommendation signals, journeys and experiment results follow the profile's log."""
+        return await self.router.track(request)
 
     async def track_batch(self, request: profile_pb2.TrackBatchRequest) -> profile_pb2.TrackSummary:
         """Each event durable in its shard (partial failures counted in the summary)."""
@@ -185,17 +180,21 @@ class Composer:
         segmenting = asyncio.ensure_future(self._segments(request, profile, unknown, seconds))
         served: list[segment_pb2.Assignment] = []
 
-        async def listed_placements() -> list[Placed]:
+        async def placements_of_the_page() -> list[Placed]:
+            """Listed then ranked placements: one RecommendBatch for all, unless the listed ones
+            wait for their variants (then the ranked ones, never under a variant, go at once)."""
             chosen = [slots[i] for i in listed]
-            if held:
-                chosen = self._under_variants(chosen, (await segmenting)[3], served)
-            return await self._placements(request, chosen, signals, deadline)
+            if not held:
+                return await self._placements(request, chosen, signals, deadline, [slots[i] for i in ranked])
+            ranking = asyncio.gather(*(self._ranked(request, slots[i], signals, deadline) for i in ranked))
+            chosen = self._under_variants(chosen, (await segmenting)[3], served)
+            listed_placed = await self._placements(request, chosen, signals, deadline)
+            return [*listed_placed, *await ranking]
 
-        (segment_ids, offers, segments_ok, assignments), placed, ranked_placed = await asyncio.gather(
-            segmenting, listed_placements(),
-            asyncio.gather(*(self._ranked(request, slots[i], signals, deadline) for i in ranked)))
+        (segment_ids, offers, segments_ok, assignments), placed = await asyncio.gather(
+            segmenting, placements_of_the_page())
         self._note_unserved(request, slots, assignments, served)
-        by_index = dict(zip(listed, placed, strict=True)) | dict(zip(ranked, ranked_placed, strict=True))
+        by_index = dict(zip([*listed, *ranked], placed, strict=True))
         placements = [by_index[i] for i in range(len(slots))]
 
         response = gateway_pb2.PersonalizeResponse(segment_ids=segment_ids, offers=offers, assignments=served)
@@ -309,38 +308,51 @@ class Composer:
                                            fallback=True), False, ""
 
     async def _placements(self, request: gateway_pb2.PersonalizeRequest, slots: list[Slot],
-                          signals: recommend_pb2.UserSignals | None, deadline: float) -> list[Placed]:
-        """Every placement's items: one RecommendBatch for several placements (one hop instead of
-        one per placement), one Recommend for a single one; each placement falls back on its own."""
+                          signals: recommend_pb2.UserSignals | None, deadline: float,
+                          ranked: Sequence[Slot] = ()) -> list[Placed]:
+        """Every placement's items, `slots` then `ranked`: one RecommendBatch for several (one hop
+        instead of one per placement; the ranked ones in its `ranks`), one Recommend or Rank for a
+        single one; each placement falls back on its own."""
         loop = asyncio.get_running_loop()
         calls = [self._recommend_request(request, slot, signals) for slot in slots]
-        if len(calls) > 1 and loop.time() >= self._batch_retry_at:
+        ranks = [self._rank_request(request, slot, signals) for slot in ranked]
+        if len(calls) + len(ranks) > 1 and loop.time() >= self._batch_retry_at:
             started = time.perf_counter()
+            failed = [self._fallback(request, slot) for slot in slots] + [self._caller_order(s) for s in ranked]
             try:
-                reply = await self.recommend.RecommendBatch(recommend_pb2.RecommendBatchRequest(requests=calls),
-                                                            timeout=max(deadline - loop.time(), 0.001))
+                reply = await self.recommend.RecommendBatch(
+                    recommend_pb2.RecommendBatchRequest(requests=calls, ranks=ranks),
+                    timeout=max(deadline - loop.time(), 0.001))
             except grpc.aio.AioRpcError as err:
                 if err.code() != grpc.StatusCode.UNIMPLEMENTED:
                     _observe("recommendation", started, False, err)
-                    return [self._fallback(request, slot) for slot in slots]
+                    return failed
                 log.warning("the recommendation service has no RecommendBatch: one Recommend per placement "
                             "for the next %.0f s", limits.RECOMMEND_BATCH_RETRY_S)
                 self._batch_retry_at = loop.time() + limits.RECOMMEND_BATCH_RETRY_S
             except _BACKEND_ERRORS as err:
                 _unexpected(err, "recommendation")
                 _observe("recommendation", started, False, err)
-                return [self._fallback(request, slot) for slot in slots]
+                return failed
             else:
                 _observe("recommendation", started, True)
                 if len(reply.results) != len(calls):
                     log.warning("RecommendBatch answered %d results for %d requests", len(reply.results),
                                 len(calls))
-                    return [self._fallback(request, slot) for slot in slots]
-                return [self._placed(slot, result.response) if result.code == 0 else self._fallback(request, slot)
-                        for slot, result in zip(slots, reply.results, strict=True)]
+                    return failed
+                placed = [self._placed(slot, result.response) if result.code == 0 else self._fallback(request, slot)
+                          for slot, result in zip(slots, reply.results, strict=True)]
+                if len(reply.rank_results) != len(ranks):
+                    # A recommendation service from before RecommendBatch.ranks: one Rank each.
+                    return [*placed, *await asyncio.gather(*(self._ranked(request, s, signals, deadline)
+                                                             for s in ranked))]
+                return [*placed, *(self._placed(slot, result.response) if result.code == 0
+                                   else self._caller_order(slot)
+                                   for slot, result in zip(ranked, reply.rank_results, strict=True))]
         seconds = max(deadline - loop.time(), 0.001)
-        return list(await asyncio.gather(*(self._placement(request, slot, call, seconds)
-                                           for slot, call in zip(slots, calls, strict=True))))
+        return list(await asyncio.gather(
+            *(self._placement(request, slot, call, seconds) for slot, call in zip(slots, calls, strict=True)),
+            *(self._ranked(request, slot, signals, deadline) for slot in ranked)))
 
     @staticmethod
     def _placed(slot: Slot, reply: recommend_pb2.RecommendResponse) -> Placed:
@@ -365,8 +377,7 @@ class Composer:
         """A placement given as the caller's own list, put in this shopper's order by Rank; when
         Rank fails or is late, the caller's order (its exclusions applied, cut to k)."""
         loop = asyncio.get_running_loop()
-        call = recommend_pb2.RankRequest(user=signals, product_ids=slot.candidates, constraints=slot.constraints,
-                                         context=request.context, k=slot.k)
+        call = self._rank_request(request, slot, signals)
         started = time.perf_counter()
         try:
             reply = await self.recommend.Rank(call, timeout=max(deadline - loop.time(), 0.001))
@@ -376,6 +387,12 @@ class Composer:
             return self._caller_order(slot)
         _observe("recommendation", started, True)
         return self._placed(slot, reply)
+
+    @staticmethod
+    def _rank_request(request: gateway_pb2.PersonalizeRequest, slot: Slot,
+                      signals: recommend_pb2.UserSignals | None) -> recommend_pb2.RankRequest:
+        return recommend_pb2.RankRequest(user=signals, product_ids=slot.candidates, constraints=slot.constraints,
+                                         context=request.context, k=slot.k)
 
     @staticmethod
     def _caller_order(slot: Slot) -> Placed:

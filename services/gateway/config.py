@@ -75,15 +75,6 @@ EXPOSURE_ATTEMPTS = 4            # a batch not acknowledged is resent (idempoten
 EXPOSURE_RETRY_PAUSE_S = 0.5     # times the attempt number
 EXPOSURE_FLUSH_S = 5.0           # on shutdown, time given to write what is queued
 
-# Best-effort Observe forwarding.
-OBSERVE_QUEUE_SIZE = 10_000      # events waiting; beyond this they are dropped (counted)
-OBSERVE_BATCH_SIZE = 500         # events per Observe stream
-# After the first event of a batch, wait this long for more: one Observe stream per linger period
-# instead of one per event (a stream call costs both processes more CPU than a unary call).
-OBSERVE_LINGER_S = 0.2
-OBSERVE_CALL_TIMEOUT_S = 2.0
-OBSERVE_RETRY_PAUSE_S = 0.5      # pause after a failed batch (the batch is dropped, counted)
-
 PAGE_TYPES = ("home", "product", "category", "cart", "checkout", "search")
 
 

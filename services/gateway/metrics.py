@@ -1,4 +1,4 @@
-"""Gateway metrics: fallbacks by reason, backend call latency, Observe forwarding."""
+"""Gateway metrics: fallbacks by reason, backend call latency, experiments and exposures."""
 
 from __future__ import annotations
 
@@ -21,8 +21,6 @@ BACKEND_LATENCY = Histogram(
     ["backend", "outcome"],
     buckets=LATENCY_BUCKETS,
 )
-OBSERVE_FORWARDED = Counter("vitrine_gateway_observe_events_total",
-                            "Events forwarded to Observe, by outcome (sent, dropped_full, failed)", ["outcome"])
 TRENDING_REFRESHES = Counter("vitrine_gateway_trending_refresh_total",
                              "Background refreshes of the warm trending lists, by outcome", ["outcome"])
 ALIAS_LOOKUPS = Counter("vitrine_gateway_alias_lookups_total",

@@ -47,7 +47,7 @@ class Recorder:
 
 
 def composer(backend: Recorder, deadline_ms: int = 50) -> Composer:
-    return Composer(backend, backend, backend, TrendingCache(backend, 60.0), None, deadline_ms=deadline_ms)
+    return Composer(backend, backend, backend, TrendingCache(backend, 60.0), deadline_ms=deadline_ms)
 
 
 async def test_deadline_split_profile_share_then_the_rest_concurrently() -> None:

@@ -305,3 +305,32 @@ async def test_a_ranked_placement_needs_no_strategy_but_bounded_candidates(fake_
     assert "candidate_product_ids" in (err.details() or "")
     await assert_status(personalize(fake_suite, "u1", placements=[gateway_pb2.Placement(slot_id="x")]),
                         grpc.StatusCode.INVALID_ARGUMENT)
+
+
+async def test_ranked_and_listed_placements_share_one_batch(fake_suite: FakeSuite) -> None:
+    known(fake_suite, "u1")
+    batches = fake_suite.recommendation.batches
+    reply = await personalize(fake_suite, "u1", page_type="search", placements=[
+        ranked(["c1", "c2", "c3"]), gateway_pb2.Placement(slot_id="for_you", strategy=recommend_pb2.FOR_YOU)])
+    assert [p.strategy_used for p in reply.placements] == ["RANK", "FOR_YOU"]
+    assert [i.product_id for i in reply.placements[0].items] == ["c3", "c2", "c1"]
+    assert fake_suite.recommendation.batches == batches + 1 and len(fake_suite.recommendation.ranks) == 1
+
+
+async def test_a_service_without_batched_ranks_gets_one_rank_call(fake_suite: FakeSuite) -> None:
+    known(fake_suite, "u1")
+    fake_suite.recommendation.batch_ranks = False
+    reply = await personalize(fake_suite, "u1", page_type="search", placements=[
+        ranked(["c1", "c2"]), gateway_pb2.Placement(slot_id="for_you", strategy=recommend_pb2.FOR_YOU)])
+    assert [p.strategy_used for p in reply.placements] == ["RANK", "FOR_YOU"] and not reply.fallback_reason
+    assert len(fake_suite.recommendation.ranks) == 1  # the separate Rank call
+
+
+async def test_a_held_page_still_ranks_at_once(fake_suite: FakeSuite) -> None:
+    await start_experiment(fake_suite, experiment())
+    users = users_by_variant()
+    known(fake_suite, users["treatment"])
+    reply = await personalize(fake_suite, users["treatment"], page_type="search", placements=[
+        gateway_pb2.Placement(slot_id="for_you", strategy=recommend_pb2.FOR_YOU), ranked(["c1", "c2"])])
+    assert [(p.slot_id, p.strategy_used) for p in reply.placements] == [("for_you", "TRENDING"), ("results", "RANK")]
+    assert [a.variant_id for a in reply.assignments] == ["treatment"]

@@ -273,26 +273,13 @@ def event(event_id: str = "e1", user_id: str = "u1") -> common_pb2.Event:
                             timestamp_ms=int(time.time() * 1000))
 
 
-async def test_track_reaches_the_profile_and_observe(fake_suite: FakeSuite) -> None:
-    reply = await fake_suite.stub.Track(profile_pb2.TrackRequest(event=event()), timeout=5)
-    assert reply.applied
-    assert fake_suite.profile.profiles["u1"].recently_viewed[0] == "p3"
-    for _ in range(50):
-        if fake_suite.recommendation.observed:
-            break
-        await asyncio.sleep(0.05)
-    assert [e.event_id for e in fake_suite.recommendation.observed] == ["e1"]
-
-
-async def test_tracked_events_reach_observe_in_batches(fake_suite: FakeSuite) -> None:
+async def test_track_reaches_the_profile_only(fake_suite: FakeSuite) -> None:
+    """The Observe fan-out is retired: downstream consumers follow the profile's log."""
     await asyncio.gather(*(fake_suite.stub.Track(profile_pb2.TrackRequest(event=event(f"b{i}")), timeout=5)
                            for i in range(20)))
-    for _ in range(100):
-        if len(fake_suite.recommendation.observed) >= 20:
-            break
-        await asyncio.sleep(0.05)
-    assert sorted(e.event_id for e in fake_suite.recommendation.observed) == sorted(f"b{i}" for i in range(20))
-    assert fake_suite.recommendation.observe_calls < 20  # gathered, not one stream per event
+    assert fake_suite.profile.profiles["u1"].event_count == 20
+    assert fake_suite.profile.profiles["u1"].recently_viewed[0] == "p3"
+    assert fake_suite.recommendation.observe_calls == 0 and not fake_suite.recommendation.observed
 
 
 async def test_track_errors_propagate(fake_suite: FakeSuite) -> None:
@@ -308,26 +295,16 @@ async def test_track_errors_propagate(fake_suite: FakeSuite) -> None:
     await fake_suite.take_down("profile")
     await assert_status(fake_suite.stub.Track(profile_pb2.TrackRequest(event=event()), timeout=5),
                         grpc.StatusCode.UNAVAILABLE)
-    assert not fake_suite.recommendation.observed  # nothing acknowledged, nothing observed
 
 
-@pytest.mark.parametrize("mode", ["down", "error", "slow"])
-async def test_observe_failures_do_not_fail_track(fake_suite: FakeSuite, mode: str) -> None:
+@pytest.mark.parametrize("mode", ["down", "slow"])
+async def test_track_does_not_depend_on_the_recommendation_service(fake_suite: FakeSuite, mode: str) -> None:
     if mode == "down":
         await fake_suite.take_down("recommendation")
-    elif mode == "error":
-        fake_suite.recommendation.observe_faults.code = grpc.StatusCode.INTERNAL
     else:
-        fake_suite.recommendation.observe_faults.delay = SLOW
+        fake_suite.recommendation.faults.delay = SLOW
     for i in range(5):
         started = time.perf_counter()
         reply = await fake_suite.stub.Track(profile_pb2.TrackRequest(event=event(f"e{i}")), timeout=5)
         assert reply.applied and time.perf_counter() - started < 0.5
     assert fake_suite.profile.profiles["u1"].event_count == 5
-    if mode != "slow":
-        observer = fake_suite.service.observer
-        for _ in range(100):
-            if observer.dropped:
-                break
-            await asyncio.sleep(0.05)
-        assert observer.dropped >= 1

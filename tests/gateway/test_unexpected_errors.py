@@ -28,7 +28,7 @@ class BrokenSegments(Recorder):
 async def test_an_unexpected_error_falls_back_is_counted_each_time_and_logged_once(
         caplog: pytest.LogCaptureFixture) -> None:
     backend = BrokenSegments(common_pb2.Profile(user_id="u"))
-    composer = Composer(backend, backend, backend, TrendingCache(backend, 60.0), None, deadline_ms=200)
+    composer = Composer(backend, backend, backend, TrendingCache(backend, 60.0), deadline_ms=200)
     labels = {"backend": "segmentation", "error": "KeyError"}
     before = _sample("vitrine_gateway_unexpected_errors_total", labels)
     with caplog.at_level(logging.WARNING, logger="services.gateway.composer"):

@@ -205,17 +205,17 @@ class FakeRecommendationServicer(recommend_pb2_grpc.RecommendServiceServicer):
                                                              error="injected failure of this strategy"))
             else:
                 results.append(recommend_pb2.RecommendResult(response=self.owner.answer(item)))
-        return recommend_pb2.RecommendBatchResponse(results=results)
+        rank_results = []
+        if self.owner.batch_ranks:  # else: a service from before RecommendBatch.ranks (ignores them)
+            for rank in request.ranks:
+                self.owner.ranks.append(rank)
+                rank_results.append(recommend_pb2.RecommendResult(response=self.owner.ranked(rank)))
+        return recommend_pb2.RecommendBatchResponse(results=results, rank_results=rank_results)
 
     async def Rank(self, request, context):
         self.owner.ranks.append(request)
         await self.owner.rank_faults.apply(context)
-        excluded = set(request.constraints.exclude_product_ids)
-        ids = [p for p in reversed(request.product_ids) if p not in excluded]  # recognisably not the caller's order
-        if request.k:
-            ids = ids[:request.k]
-        items = [recommend_pb2.ScoredProduct(product_id=p, score=1.0) for p in ids]
-        return recommend_pb2.RecommendResponse(items=items, strategy_used="RANK", model_version="fake-1")
+        return self.owner.ranked(request)
 
     async def Observe(self, request_iterator, context):
         events = [event async for event in request_iterator]
@@ -234,6 +234,7 @@ class FakeRecommendation(_Base):
         self.trending_faults = Faults()
         self.observe_faults = Faults()
         self.rank_faults = Faults()
+        self.batch_ranks = True  # RecommendBatch answers its `ranks` (False: an older service)
         self.ranks: list[recommend_pb2.RankRequest] = []
         self.requests: list[recommend_pb2.RecommendRequest] = []
         self.observed: list[common_pb2.Event] = []
@@ -241,6 +242,15 @@ class FakeRecommendation(_Base):
         self.batch_implemented = True
         self.batches = 0  # RecommendBatch calls answered
         self.failing_strategies: set[int] = set()  # placements of these strategies fail on their own
+
+    @staticmethod
+    def ranked(request: recommend_pb2.RankRequest) -> recommend_pb2.RecommendResponse:
+        excluded = set(request.constraints.exclude_product_ids)
+        ids = [p for p in reversed(request.product_ids) if p not in excluded]  # recognisably not the caller's order
+        if request.k:
+            ids = ids[:request.k]
+        items = [recommend_pb2.ScoredProduct(product_id=p, score=1.0) for p in ids]
+        return recommend_pb2.RecommendResponse(items=items, strategy_used="RANK", model_version="fake-1")
 
     @staticmethod
     def answer(request: recommend_pb2.RecommendRequest) -> recommend_pb2.RecommendResponse:
