@@ -178,7 +178,9 @@ class ExperimentResults:
                 return
             if event.type == common_pb2.EXPOSURE:
                 self._exposure(txn, unit_id, event, experiments, touched)
-            elif event.type in (common_pb2.PURCHASE, common_pb2.ADD_TO_CART, common_pb2.PRODUCT_VIEW):
+            elif event.type in (common_pb2.PURCHASE, common_pb2.ADD_TO_CART) or (
+                    event.type == common_pb2.PRODUCT_VIEW and event.slot_id):
+                # a view counts only as a click from a placement: the many plain views cost no lookup
                 self._outcome(txn, unit_id, event, experiments, touched)
         elif kind == "identity":
             self._merge(txn, item.identity.anonymous_id, item.identity.customer_id, touched)
