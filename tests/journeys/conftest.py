@@ -97,10 +97,10 @@ class Suite:
         await self.caught_up(response.seq)
         return response.seq
 
-    async def caught_up(self, seq: int) -> None:
+    async def caught_up(self, seq: int, seconds: float = WAIT) -> None:
         assert self.service.feeds is not None
         follower = self.service.feeds.event_followers[0]
-        await asyncio.wait_for(follower.wait_for_cursor(seq + 1), WAIT)
+        await asyncio.wait_for(follower.wait_for_cursor(seq + 1), seconds)
 
     async def customer(self, user: str = "c1", *, marketing: bool = True, **traits: str) -> None:
         """A registered customer with (or without) marketing consent."""
@@ -111,12 +111,12 @@ class Suite:
         assert profile.user_id == user
         await self.sync_events()
 
-    async def sync_events(self) -> None:
+    async def sync_events(self, seconds: float = WAIT) -> None:
         """Wait until the journeys service has applied everything in the profile log so far."""
         probe = await self.profiles.Track(profile_pb2.TrackRequest(event=common_pb2.Event(
             event_id=f"probe-{time.monotonic_ns()}", user_id="probe", type=ET.PAGE_VIEW,
             timestamp_ms=int(time.time() * 1000))), timeout=10)
-        await self.caught_up(probe.seq)
+        await self.caught_up(probe.seq, seconds)
 
     async def stock(self, product_id: str, stock: int, price: float | None = None) -> None:
         """Change a product's stock (and price) and wait until the catalog feed brought it here."""

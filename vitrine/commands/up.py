@@ -55,9 +55,10 @@ def _load_demo(layout: SuiteLayout, args: argparse.Namespace) -> None:
         overrides["n_shoppers"] = args.demo_shoppers
     config = DemoConfig(**overrides)
     started = time.monotonic()
-    if "journeys" in layout.ports:  # journeys first: the demo's events then produce due messages
-        from vitrine.demo.journeys import put_demo_journeys
+    if "journeys" in layout.ports:  # journeys and consent first: the demo's events then produce messages
+        from vitrine.demo.journeys import consent_subscribers, put_demo_journeys
         asyncio.run(put_demo_journeys(layout.address("journeys"), layout.auth_token))
+        asyncio.run(consent_subscribers(config, layout.profile_addresses(), layout.auth_token))
     report = asyncio.run(load_demo(
         config,
         profile_addresses=layout.profile_addresses(),
