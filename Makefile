@@ -25,9 +25,10 @@ gen: $(GEN_STAMP)
 run: $(GEN_STAMP)
 	$(VENV)/bin/vitrine up --data-dir $(DATA_DIR)
 
-## Lint, then every test including the slow set (crash loops, sharded suite).
+## Lint (ruff), type-check (mypy: [tool.mypy] in pyproject.toml), then every test including the slow set.
 test: $(GEN_STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	$(PY) -m pytest -q
 
 ## Quick loop while developing: skips the slow set.
@@ -39,6 +40,7 @@ test-slow: $(GEN_STAMP)
 
 lint: $(GEN_STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 ## Scoring-core micro-benchmarks (pytest-benchmark); figures in benchmarks/README.md.
 bench: $(GEN_STAMP)

@@ -116,7 +116,7 @@ class ExperimentSet:
         self._variants = functools.lru_cache(maxsize=cfg.ASSIGNMENT_CACHE_SIZE)(self._hash)
 
     def _hash(self, unit_id: str) -> list[int]:
-        return assign_variants(self._seeds, unit_id).tolist()  # type: ignore[no-any-return]
+        return assign_variants(self._seeds, unit_id).tolist()
 
     @staticmethod
     def _compile(e: segment_pb2.Experiment) -> _Compiled:

@@ -101,9 +101,9 @@ def split_sessions(sessions: Sequence[Sequence[str]], *, test_fraction: float = 
     training sessions (an unseen product cannot be recommended by anything learned), as in
     the Tmall protocol.
     """
-    sessions = [list(s) for s in sessions if len(s) > 0]
-    n_test = round(len(sessions) * test_fraction)
-    train, held = sessions[: len(sessions) - n_test], sessions[len(sessions) - n_test:]
+    kept: list[list[str]] = [list(s) for s in sessions if len(s) > 0]
+    n_test = round(len(kept) * test_fraction)
+    train, held = kept[: len(kept) - n_test], kept[len(kept) - n_test:]
     known = {p for s in train for p in s}
     test = [c for c in prefix_cases(held) if c.next in known]
     return Dataset(name, train, test)
@@ -137,7 +137,7 @@ def load_demo(*, seed: int = 42, n_shoppers: int = 0, test_days: float = 7.0,
     from vitrine.demo.config import REFERENCE_NOW_MS, DemoConfig
     from vitrine.demo.sessions import time_split
 
-    overrides = {"n_shoppers": n_shoppers} if n_shoppers else {}
+    overrides: dict[str, Any] = {"n_shoppers": n_shoppers} if n_shoppers else {}
     config = DemoConfig(seed=seed, now_ms=REFERENCE_NOW_MS, **overrides)
     train, test, _ = time_split(config, test_days=test_days, min_length=2)
     train_sessions = [list(s.product_ids) for s in sorted(train, key=lambda s: s.start_ms)]

@@ -104,7 +104,7 @@ def score_lists(lists: Sequence[Sequence[Hashable]] | np.ndarray, targets: Seque
     if isinstance(lists, np.ndarray) and lists.ndim == 2:
         ranks = target_ranks(lists, np.asarray(targets))
     else:
-        ranks = ranks_from_lists(lists, list(targets))
+        ranks = ranks_from_lists(list(lists), list(targets))
     return Scores(
         cases=len(ranks),
         hr10=hit_rate(ranks, 10), hr20=hit_rate(ranks, 20),
