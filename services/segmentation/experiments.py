@@ -15,14 +15,7 @@ import dataclasses
 import functools
 from collections.abc import Callable, Collection, Iterable
 
-from scoring.experiments.assign import (
-    HASH_BUCKETS,
-    SeedTable,
-    assign_variants,
-    bucket_ranges,
-    choose_variation,
-    hash_buckets,
-)
+from scoring.experiments.assign import SeedTable, assign_variants, bucket_ranges
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.segmentation import config as cfg
 from vitrine.v1 import common_pb2, recommend_pb2, segment_pb2
@@ -145,13 +138,3 @@ class ExperimentSet:
             if variant >= 0:
                 out.append(self._compiled[i].assignments[variant])
         return out
-
-    def variant_of(self, experiment_id: str, unit_id: str) -> str:
-        """The variant `unit_id` hashes to, ignoring window and segments ("" for an unknown experiment)."""
-        e = self.by_id.get(experiment_id)
-        if e is None:
-            return ""
-        table = SeedTable([e.hash_seed or e.experiment_id])
-        ranges = bucket_ranges([v.weight for v in e.variants])
-        variant = choose_variation(int(hash_buckets(table, unit_id)[0]) / HASH_BUCKETS, ranges)
-        return e.variants[variant].variant_id if variant >= 0 else ""
