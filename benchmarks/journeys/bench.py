@@ -119,42 +119,56 @@ def bench_machines(args: argparse.Namespace) -> None:
 
 
 async def bench_follow(args: argparse.Namespace) -> None:
+    """The profile service runs as its own process (as under `vitrine up`); the journeys service in
+    this one. Event times are now, so the journeys' timers are pending, not due: this measures
+    following the feed, not sending (see `lateness`)."""
+    import subprocess
+    import sys
+
     import grpc
 
     from services.journeys.app import JourneysService
     from services.journeys.config import JourneysConfig
-    from services.profile.app import ProfileService
-    from services.profile.config import ProfileConfig
     from tests.support import serving
+    from vitrine.health import wait_serving
+    from vitrine.ports import free_port
     from vitrine.v1 import profile_pb2_grpc
 
     root = Path(tempfile.mkdtemp(prefix="vitrine-journeys-follow-"))
+    port = free_port()
+    profile = subprocess.Popen([sys.executable, "-m", "services.profile", "--port", str(port), "--data-dir",  # noqa: ASYNC220
+                                str(root / "p"), "--log-level", "WARNING", "--purge-interval-seconds", "0"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        profile = ProfileService(ProfileConfig(port=0, data_dir=str(root / "p"), purge_interval_seconds=0.0,
-                                               sync=False))
-        async with serving(profile, profile.config) as running, grpc.aio.insecure_channel(running.address) as ch:
+        address = f"127.0.0.1:{port}"
+        await asyncio.to_thread(wait_serving, address, time.monotonic() + 120, profile)
+        async with grpc.aio.insecure_channel(address) as ch:
             stub = profile_pb2_grpc.ProfileServiceStub(ch)
-            now = int(time.time() * 1000) - 3_600_000
+            now = int(time.time() * 1000) - args.events * 10
             loaded = [item.event for item in events(args.events, args.users, 2000, now)]
             for i in tqdm(range(0, len(loaded), 1000), desc="load profile", unit="batch"):
                 await stub.TrackBatch(profile_pb2.TrackBatchRequest(events=loaded[i:i + 1000]), timeout=60)
             last = await stub.Track(profile_pb2.TrackRequest(event=common_pb2.Event(
-                event_id="last", user_id="u0", type=ET.PAGE_VIEW, timestamp_ms=now + args.events * 10 + 1)))
-            config = JourneysConfig(port=0, data_dir=str(root / "j"), profile_addresses=running.address,
-                                    recommendation_address="127.0.0.1:1", segmentation_address="",
-                                    sync=not args.no_sync)
-            service = JourneysService(config)
-            for journey in DEMO_JOURNEYS:
-                service.engine.put_journey(journey)
-            started = time.perf_counter()
-            async with serving(service, config):
-                assert service.feeds is not None
-                await service.feeds.event_followers[0].wait_for_cursor(last.seq + 1)
-                elapsed = time.perf_counter() - started
-            print(f"follow: {args.events:,} logged events caught up by the journeys service in {elapsed:.2f} s: "
-                  f"{args.events / elapsed:,.0f} events/s (8 demo journeys, sync={'off' if args.no_sync else 'on'}, "
-                  f"profile and journeys in one process)")
+                event_id="last", user_id="u0", type=ET.PAGE_VIEW, timestamp_ms=int(time.time() * 1000))))
+        config = JourneysConfig(port=0, data_dir=str(root / "j"), profile_addresses=address,
+                                recommendation_address="127.0.0.1:1", segmentation_address="",
+                                sync=not args.no_sync)
+        service = JourneysService(config)
+        for journey in DEMO_JOURNEYS:
+            service.engine.put_journey(journey)
+        started = time.perf_counter()
+        async with serving(service, config):
+            assert service.feeds is not None
+            await service.feeds.event_followers[0].wait_for_cursor(last.seq + 1)
+            elapsed = time.perf_counter() - started
+            with service.store.read() as txn:
+                pending = service.store.count(txn, "timers")
+        print(f"follow: {args.events:,} logged events caught up by the journeys service in {elapsed:.2f} s: "
+              f"{args.events / elapsed:,.0f} events/s (8 demo journeys, {pending:,} timers pending after, "
+              f"sync={'off' if args.no_sync else 'on'}; profile service in its own process)")
     finally:
+        profile.terminate()
+        profile.wait(30)
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -17,7 +17,19 @@ from collections.abc import Iterable, Sequence
 import lmdb
 
 from services.journeys import config as C
-from services.journeys.machines import CANCEL, ENTER, ET, IDLE, NONE, UPDATE, WAITING, JourneyState, Machine, Step
+from services.journeys.machines import (
+    CANCEL,
+    DEFAULT_STATE,
+    ENTER,
+    ET,
+    IDLE,
+    NONE,
+    UPDATE,
+    WAITING,
+    JourneyState,
+    Machine,
+    Step,
+)
 from services.journeys.store import CATALOG_CURSOR, JourneyStore, ProductInfo, events_cursor
 from vitrine.v1 import common_pb2, profile_pb2, recommend_pb2
 
@@ -171,6 +183,8 @@ class FeedApplier:
             add(txn, journey_id, "cancelled")
             add(txn, journey_id, f"cancelled:{step.reason}")
             add(txn, journey_id, "pending", -1)
+        if not before and state == DEFAULT_STATE:
+            return                      # nothing to keep for a shopper this journey never saw
         after = state.to_bytes()
         if after != before and not (before == b"" and after == EMPTY_STATE):
             self.store.put_state(txn, user, journey_id, state)

@@ -55,7 +55,7 @@ class JourneyState:
     def to_bytes(self) -> bytes:
         # vars(), not dataclasses.asdict(): asdict deep-copies every list (most of a feed item's cost).
         data = {k: v for k, v in vars(self).items() if v != _DEFAULTS[k]}
-        return json.dumps(data, separators=(",", ":")).encode()
+        return _encode(data).encode()
 
     @classmethod
     def from_bytes(cls, raw: bytes | None) -> JourneyState:
@@ -69,6 +69,8 @@ class JourneyState:
 
 
 _DEFAULTS = dataclasses.asdict(JourneyState())
+DEFAULT_STATE = JourneyState()
+_encode = json.JSONEncoder(separators=(",", ":")).encode   # one encoder: json.dumps builds one per call
 
 
 @dataclasses.dataclass(frozen=True)
