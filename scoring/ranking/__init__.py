@@ -1,0 +1,1 @@
+"""Learned second stage: features per (shopper, candidate) for a gradient-boosted ranker."""
