@@ -124,6 +124,7 @@ class RecommendationService:
         self.signal_store: SignalStore | None = None
         self.feeds: SignalFeeds | None = None
         self._save_lock = asyncio.Lock()
+        self._observe_warned = False
         self.models = ModelStore(self.directory / "models")
         self.recommender = Recommender(self.catalog, self.signals, candidate_multiplier=config.candidate_multiplier,
                                        budget_tolerance=config.budget_tolerance)
@@ -314,6 +315,10 @@ class RecommendationService:
     async def observe(self, events: AsyncIterable[common_pb2.Event]) -> ObserveResult:
         """Observe (deprecated: the signals follow FollowEvents; kept while the gateway still sends).
         An event that arrives both ways counts once (the signals remember recent event ids)."""
+        if not self._observe_warned:
+            self._observe_warned = True
+            log.warning("Observe is deprecated: the signals follow the profile shards' FollowEvents%s",
+                        "" if self.feeds is not None else " (follow_events is off here: Observe feeds them)")
         result = ObserveResult()
         seen = 0
         async for batch in _batches(events, STREAM_BATCH):
