@@ -95,9 +95,11 @@ class SegmentationConfig(ServerConfig):
     at_risk_quiet_days: int = dataclasses.field(
         default=AT_RISK_QUIET_DAYS, metadata={"help": "at_risk: days without a purchase"}
     )
+    # Off: measured end to end it does not pay on Personalize (benchmarks/segmentation.md, "Wire
+    # reader end to end"); EstimateSize keeps it (5x on a scan).
     wire_reader: bool = dataclasses.field(
-        default=True, metadata={"help": "Evaluate reads rule features straight from the serialized profile (the "
-                                        "Numba wire reader); false: through protobuf's parser (A/B measurement)"}
+        default=False, metadata={"help": "Evaluate reads rule features straight from the serialized profile "
+                                         "(the Numba wire reader) instead of through protobuf's parser"}
     )
     follow_events: bool = dataclasses.field(
         default=True, metadata={"help": "follow every profile shard's event log (FollowEvents) for experiment results"}

@@ -112,7 +112,7 @@ class SegmentEngine:
     def __init__(self, store: DefinitionStore | None = None, *,
                  cart_abandon_minutes: int = cfg.CART_ABANDON_MINUTES,
                  at_risk_quiet_days: int = cfg.AT_RISK_QUIET_DAYS,
-                 clock: Callable[[], int] = now_ms, wire_reader: bool = True) -> None:
+                 clock: Callable[[], int] = now_ms, wire_reader: bool = False) -> None:
         self._store = store
         self._wire_reader = wire_reader
         self._clock = clock
