@@ -3,9 +3,15 @@ on a real recommendation service, messages pulled from the journeys service."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from services.segmentation.app import build_service as build_segmentation
+from services.segmentation.config import SegmentationConfig
 from tests.journeys.conftest import ET, Suite, SuiteFactory
 from tests.journeys.helpers import DAY_MS, HOUR_MS, JK, MIN_MS, journey
-from vitrine.v1 import journey_pb2
+from tests.support import channel_to, serving
+from vitrine.ports import free_port
+from vitrine.v1 import journey_pb2, segment_pb2, segment_pb2_grpc
 
 
 async def due(suite: Suite, ms: int) -> list[journey_pb2.Message]:
@@ -157,3 +163,25 @@ async def test_segment_filter_needs_segmentation(suite: Suite) -> None:
     assert await due(suite, MIN_MS) == []
     stats = await suite.stats("cart")
     assert (stats.pending, stats.sent, stats.suppressed) == (1, 0, 0)
+
+
+async def test_segment_filter_and_offer_from_segmentation(make_suite: SuiteFactory, tmp_path: Path) -> None:
+    seg_config = SegmentationConfig(port=0, data_dir=str(tmp_path / "seg"),  # type: ignore[call-arg]
+                                    profile_addresses=f"127.0.0.1:{free_port()}")
+    async with serving(build_segmentation(seg_config), seg_config) as seg, channel_to(seg) as channel:
+        segments = segment_pb2_grpc.SegmentServiceStub(channel)
+        await segments.PutSegment(segment_pb2.PutSegmentRequest(segment=segment_pb2.Segment(
+            segment_id="gold", rule='traits["tier"] == "gold"')), timeout=10)
+        await segments.PutOffer(segment_pb2.PutOfferRequest(offer=segment_pb2.Offer(
+            offer_id="gold10", title="10% for gold members", coupon_code="GOLD10", segment_ids=["gold"])),
+            timeout=10)
+        async with make_suite(segmentation_address=seg.address) as suite:
+            await suite.put(journey(JK.ABANDONED_CART, "cart", delay_ms=0, segment_ids=["gold"], offer_id="gold10"))
+            await suite.customer("c1", tier="gold")
+            await suite.customer("c2", tier="silver")
+            await suite.track(ET.ADD_TO_CART, user="c1", product_id="p1")
+            await suite.track(ET.ADD_TO_CART, user="c2", product_id="p1")
+            [message] = await due(suite, MIN_MS)
+            assert message.user_id == "c1"
+            assert (message.offer.offer_id, message.offer.coupon_code) == ("gold10", "GOLD10")
+            assert dict((await suite.stats("cart")).suppressed_by_reason) == {"not_in_segment": 1}
