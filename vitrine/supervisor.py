@@ -31,6 +31,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from vitrine.health import wait_serving  # the one health-wait helper
+
 # Extra profile shards listen next to the first: 50052, 50062, 50072, ...
 SHARD_PORT_STEP = 10
 READY_TIMEOUT_SECONDS = 120.0
@@ -121,6 +123,22 @@ SERVICES: list[ServiceSpec] = [
 DEFAULT_PORTS = {spec.name: spec.default_port for spec in sorted(SERVICES, key=lambda s: s.default_port)}
 
 
+def _all_in_one_flags(layout: SuiteLayout) -> list[str]:
+    return ["--data-dir", str(layout.data_dir), "--profile-port", str(layout.profile_ports()[0]),
+            "--segmentation-port", str(layout.ports["segmentation"]),
+            "--recommendation-port", str(layout.ports["recommendation"])]
+
+
+# The one-machine default (issue #16, measured in benchmarks/README.md): profile, segmentation,
+# recommendation and the gateway in one process (services.gateway.all_in_one: each service on its own
+# port with its own API, the gateway calling them in-process), journeys and the console in their own.
+# It serves one profile shard; SERVICES (one process per service) is the other mode.
+SHARED_SERVICES: list[ServiceSpec] = [
+    ServiceSpec("gateway", "services.gateway.all_in_one", 50051, _all_in_one_flags),
+    *(spec for spec in SERVICES if spec.name in ("journeys", "console")),
+]
+
+
 class State(enum.Enum):
     NEW = "new"
     STARTING = "starting"
@@ -201,25 +219,6 @@ def probe(child: Child, timeout: float = HEALTH_PROBE_TIMEOUT_SECONDS) -> bool:
         except grpc.RpcError:
             return False
         return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
-
-
-def wait_serving(address: str, deadline: float, process: subprocess.Popen[bytes] | None = None) -> None:
-    """Block until `address` reports SERVING; raise if the process dies or time runs out."""
-    with grpc.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while True:
-            if process is not None and process.poll() is not None:
-                raise RuntimeError(f"{address}: process exited with code {process.returncode}")
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"{address} did not report SERVING in time")
-            try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=min(1.0, remaining))
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.1)
 
 
 def _wait_child(child: Child, deadline: float) -> None:

@@ -81,6 +81,8 @@ def _wait(address: str, process: subprocess.Popen[bytes]) -> None:
     wait_serving(address, time.monotonic() + START_TIMEOUT_S, process)
 
 
+QUIET_CORES = 0.15           # after start-up, wait until the suite uses less than this (feed catch-up done)
+QUIET_WAIT_S = 90.0          # ... for at most this long
 START_ATTEMPTS = 3           # a free port taken by another process between the pick and the bind
 
 
@@ -98,8 +100,28 @@ def start(mode: str, data_dir: Path, logs: Path, fault: str = "") -> Iterator[Ru
             print(f"{mode} did not start ({err}); again with other ports", file=sys.stderr)
             continue
         with stack:
+            _quiesce(running)
             yield running
         return
+
+
+def _quiesce(running: Running) -> None:
+    """Until the suite is idle: the feed followers (recommendation signals, segmentation results,
+    journeys) catch up on the log after every start, which is not Personalize's cost."""
+    from vitrine.loadtest.cpu import cpu_seconds
+
+    def used() -> float:
+        return sum(cpu_seconds(p.pid) or 0.0 for p in running.processes.values())
+
+    deadline = time.monotonic() + QUIET_WAIT_S
+    before, at = used(), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        now_used, now = used(), time.monotonic()
+        if (now_used - before) / (now - at) < QUIET_CORES:
+            return
+        before, at = now_used, now
+    print(f"the suite did not quiet down within {QUIET_WAIT_S:.0f} s; measuring anyway", file=sys.stderr)
 
 
 @contextlib.contextmanager

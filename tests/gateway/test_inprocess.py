@@ -252,3 +252,25 @@ def test_names_match_the_generated_services() -> None:
     assert p.DESCRIPTOR.services_by_name["ProfileService"].full_name == PROFILE
     assert s.DESCRIPTOR.services_by_name["SegmentService"].full_name == SEGMENTS
     assert r.DESCRIPTOR.services_by_name["RecommendService"].full_name == RECOMMEND
+
+
+def test_the_supervisor_runs_the_shared_process_as_vitrine_up_does(tmp_path: Path) -> None:
+    """The one-machine mode as a supervised child: one process answers on all four ports."""
+    from vitrine.ports import free_ports
+    from vitrine.supervisor import SHARED_SERVICES, Suite, SuiteLayout
+
+    names = ("gateway", "profile", "segmentation", "recommendation")
+    layout = SuiteLayout(data_dir=tmp_path, ports=dict(zip(names, free_ports(len(names)), strict=True)))
+    gateway_only = [spec for spec in SHARED_SERVICES if spec.name == "gateway"]
+    with Suite(layout, env={"VITRINE_LOG_LEVEL": "WARNING"}, services=gateway_only) as suite:
+        [child] = suite.children
+        assert "services.gateway.all_in_one" in child.argv
+        for name in names:
+            address = layout.profile_addresses()[0] if name == "profile" else layout.address(name)
+            with grpc.insecure_channel(address) as channel:
+                reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=30)
+                assert reply.status == health_pb2.HealthCheckResponse.SERVING, name
+        with grpc.insecure_channel(layout.address("gateway")) as channel:
+            answer = gateway_pb2_grpc.PersonalizationServiceStub(channel).Personalize(
+                gateway_pb2.PersonalizeRequest(user_id="nobody", page_type="home"), timeout=30)
+        assert answer.fallback_reason.startswith("unknown_user")

@@ -12,7 +12,15 @@ import threading
 import time
 from pathlib import Path
 
-from vitrine.supervisor import DEFAULT_PORTS, Suite, SuiteLayout, is_empty_data_dir, status_table, tail
+from vitrine.supervisor import (
+    DEFAULT_PORTS,
+    SHARED_SERVICES,
+    Suite,
+    SuiteLayout,
+    is_empty_data_dir,
+    status_table,
+    tail,
+)
 
 # How often the supervisor looks for crashed children and restarts due ones.
 POLL_SECONDS = 0.5
@@ -42,6 +50,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="serve /metrics on consecutive ports from here (default off)")
     parser.add_argument("--demo-shoppers", type=int, default=None, help="demo store size (default: the preset)")
     parser.add_argument("--demo-products", type=int, default=None, help="demo store size (default: the preset)")
+    parser.add_argument("--separate-processes", action="store_true",
+                        default=os.environ.get("VITRINE_SEPARATE_PROCESSES", "") not in ("", "0"),
+                        help="one process per service (env VITRINE_SEPARATE_PROCESSES); default: profile, "
+                             "segmentation, recommendation and the gateway share one process, each on its own "
+                             "port, the gateway calling them in-process (benchmarks/README.md, issue #16); "
+                             "implied by --profile-shards > 1")
 
 
 def _load_demo(layout: SuiteLayout, args: argparse.Namespace) -> None:
@@ -83,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
         auth_token=args.auth_token,
         metrics_base_port=args.metrics_base_port,
     )
-    suite = Suite(layout)
+    shared = not args.separate_processes and args.profile_shards == 1
+    suite = Suite(layout, services=SHARED_SERVICES if shared else None)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
