@@ -76,8 +76,34 @@ def tree_cpu(pid: int) -> dict[int, float]:
     return {p: own_cpu_seconds(p) or 0.0 for p in (pid, *child_pids(pid))}
 
 
+async def follow_all(channel: grpc.aio.Channel, proc: subprocess.Popen[bytes]) -> None:
+    """Read the whole feed from seq 0 to the head, as a consumer catching up would: one message
+    per item (FollowEvents), then grouped (FollowEventBatches, 5,000 items a message)."""
+    stub = profile_pb2_grpc.ProfileServiceStub(channel)
+    head = (await stub.Track(profile_pb2.TrackRequest(event=common_pb2.Event(
+        event_id="feed-head", user_id="feed-head", type=common_pb2.EventType.PAGE_VIEW)), timeout=60)).seq
+    request = profile_pb2.FollowEventsRequest(from_seq=0, max_batch=5000)
+    for name, call in (("FollowEvents", stub.FollowEvents(request)),
+                       ("FollowEventBatches", stub.FollowEventBatches(request))):
+        items = 0
+        cpu0, own0, started = tree_cpu(proc.pid), os.times(), time.perf_counter()
+        async for message in call:
+            last = message.items[-1] if isinstance(message, profile_pb2.LoggedEventBatch) else message
+            items += len(message.items) if isinstance(message, profile_pb2.LoggedEventBatch) else 1
+            if last.seq >= head:
+                break
+        call.cancel()
+        elapsed = time.perf_counter() - started
+        own1, cpu1 = os.times(), tree_cpu(proc.pid)
+        server = cpu1.get(proc.pid, 0.0) - cpu0.get(proc.pid, 0.0)
+        client = own1.user + own1.system - own0.user - own0.system
+        print(f"{'feed':9s}: {name} from 0 to the head: {items:,} items in {elapsed:.2f} s = "
+              f"{items / elapsed:,.0f} items/s; CPU per item: service {server / items * 1e6:.1f} µs, "
+              f"client {client / items * 1e6:.1f} µs", flush=True)
+
+
 async def drive(port: int, proc: subprocess.Popen[bytes], requests: list[bytes], in_flight: int,
-                label: str, probe: bool = False) -> dict[str, float]:
+                label: str, probe: bool = False, follow: bool = False) -> dict[str, float]:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}",
                                          options=[("grpc.max_send_message_length", 64 * 1024 * 1024)]) as channel:
         await wait_serving_async(channel, 60.0, process=proc)
@@ -116,6 +142,8 @@ async def drive(port: int, proc: subprocess.Popen[bytes], requests: list[bytes],
         await asyncio.gather(load(), *([track_probe()] if probe else []))
         elapsed = time.perf_counter() - started
         own1, cpu1 = os.times(), tree_cpu(proc.pid)
+        if follow:
+            await follow_all(channel, proc)
     client = own1.user + own1.system - own0.user - own0.system
     used = {p: cpu1[p] - cpu0.get(p, 0.0) for p in cpu1}
     out = {"events": accepted, "seconds": elapsed, "events_per_s": accepted / elapsed,
@@ -161,7 +189,8 @@ async def run(args: argparse.Namespace) -> None:
         argv = ["-m", "services.profile", "--port", str(port), "--data-dir", data_dir, "--log-level", "WARNING",
                 "--purge-interval-seconds", "0", *args.server_arg]
         with server(argv) as proc:
-            real = await drive(port, proc, requests, args.in_flight, "profile", probe=args.track_probe)
+            real = await drive(port, proc, requests, args.in_flight, "profile", probe=args.track_probe,
+                               follow=args.follow)
         n, mean = profile_bytes(Path(data_dir) / "profile")
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
@@ -179,6 +208,8 @@ def main() -> None:
                         help="extra flag for the profile service (repeatable)")
     parser.add_argument("--track-probe", action="store_true",
                         help="also time a lone sequential Track during the profile run")
+    parser.add_argument("--follow", action="store_true",
+                        help="then read the whole feed (FollowEvents from 0) and report items/s")
     parser.add_argument("--noop-server", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.noop_server:

@@ -20,6 +20,10 @@ handler already accepted.
     ...
     await follower.stop()
 
+A feed that sends its items grouped (`ProfileService.FollowEventBatches`, one message per read
+of the log: far cheaper in Python gRPC than a message per item when catching up) is followed
+the same way with `items_of=lambda batch: batch.items`; the handler still sees items.
+
 Open the channel with `services.common.channel.open_channel` (keepalive pings keep an idle
 stream alive and detect a dead server); the stream itself has no deadline: it is meant to
 stay open. Statuses a retry cannot fix (the cursor is out of range or no longer kept, bad
@@ -164,6 +168,7 @@ class Follower(Generic[T]):
         on_batch: Callable[[Sequence[T]], Awaitable[None] | None] | None = None,
         seq_of: Callable[[T], int] = _seq,
         time_of: Callable[[T], int] | None = None,
+        items_of: Callable[[Any], Sequence[T]] | None = None,
         max_batch: int = DEFAULT_MAX_BATCH,
         buffer: int = DEFAULT_BUFFER,
         backoff: Backoff = Backoff(),
@@ -179,6 +184,7 @@ class Follower(Generic[T]):
         self._on_batch = on_batch
         self._seq_of = seq_of
         self._time_of = time_of
+        self._items_of = items_of
         self.max_batch = max(1, max_batch)
         self._buffer = max(self.max_batch, buffer)
         self.backoff = backoff
@@ -307,9 +313,14 @@ class Follower(Generic[T]):
             await call.initial_metadata()
             if not call.done():  # a call that failed to connect also "returns" (empty) metadata
                 self._established(established)
-            async for item in call:
+            items_of = self._items_of
+            async for message in call:
                 self._established(established)
-                await queue.put(item)
+                if items_of is None:
+                    await queue.put(message)
+                else:  # a batched feed (e.g. FollowEventBatches): its items one by one
+                    for item in items_of(message):
+                        await queue.put(item)
             await queue.put(_End(None))
         except grpc.aio.AioRpcError as err:
             await queue.put(_End(err))

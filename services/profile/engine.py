@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 import lmdb
 
+from scoring.units import DAY_MS
 from services.common.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -50,7 +51,6 @@ from vitrine.v1 import common_pb2, profile_pb2
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-DAY_MS = 86_400_000
 
 
 def now_ms() -> int:
@@ -287,13 +287,24 @@ class ProfileEngine:
     def follow_events(self, from_seq: int, max_batch: int = 0) -> AsyncIterator[profile_pb2.LoggedEvent]:
         """The log from `from_seq` in seq order, then live. A bad `from_seq` raises here, before
         the stream starts."""
+        batches = self.follow_event_batches(from_seq, max_batch)
+
+        async def items() -> AsyncIterator[profile_pb2.LoggedEvent]:
+            async for batch in batches:
+                for item in batch:
+                    yield item
+        return items()
+
+    def follow_event_batches(self, from_seq: int,
+                             max_batch: int = 0) -> AsyncIterator[list[profile_pb2.LoggedEvent]]:
+        """As follow_events, one list per read of the log (at most max_batch items, never empty)."""
         if max_batch < 0:
             raise InvalidArgument(f"max_batch {max_batch} must be >= 0 (0 = server default)")
         if self._log_written is None:
             raise RuntimeError("ProfileEngine.start() was not called")
         return self._follow(self._feed_start(from_seq), min(max_batch or C.FEED_DEFAULT_BATCH, C.FEED_MAX_BATCH))
 
-    async def _follow(self, cursor: int, size: int) -> AsyncIterator[profile_pb2.LoggedEvent]:
+    async def _follow(self, cursor: int, size: int) -> AsyncIterator[list[profile_pb2.LoggedEvent]]:
         # After reaching the head, wait for the writer's next commit (no polling). Items are read
         # only from committed transactions, so each acknowledged change appears exactly once and
         # nothing unacknowledged does.
@@ -302,9 +313,8 @@ class ProfileEngine:
             written = self._log_written  # taken before reading: a commit after the read wakes us
             assert written is not None
             rows = self.store.read_log(cursor, size)
-            for seq, raw in rows:
-                yield feed_item(seq, raw)
             if rows:
+                yield [feed_item(seq, raw) for seq, raw in rows]
                 cursor = rows[-1][0] + 1
                 FEED_ITEMS.inc(len(rows))
             if len(rows) < size:

@@ -39,6 +39,13 @@ class ProfileServicer(profile_pb2_grpc.ProfileServiceServicer):
         async for item in items:
             yield item
 
+    async def FollowEventBatches(self, request: profile_pb2.FollowEventsRequest,
+                                 context: grpc.aio.ServicerContext) -> AsyncIterator[profile_pb2.LoggedEventBatch]:
+        batches = self.engine.follow_event_batches(request.from_seq, request.max_batch)
+        await context.send_initial_metadata(())
+        async for items in batches:
+            yield profile_pb2.LoggedEventBatch(items=items)
+
     async def GetProfile(self, request: profile_pb2.GetProfileRequest, context: grpc.aio.ServicerContext
                          ) -> common_pb2.Profile:
         return self.engine.get_profile(request.user_id)

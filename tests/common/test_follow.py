@@ -75,12 +75,17 @@ class Recorder:
         return [i.event.event_id for i in self.items]
 
 
-def follower_of(address: str, cursor: MemoryCursor | LmdbCursor, handler: Recorder,
+def follower_of(address: str, cursor: MemoryCursor | LmdbCursor, handler: Recorder, batched: bool = False,
                 **kw: object) -> tuple[Follower[pb.LoggedEvent], grpc.aio.Channel]:
     channel = open_channel(address)
     stub = profile_pb2_grpc.ProfileServiceStub(channel)
+    if batched:  # the same feed, items grouped per message
+        kw["items_of"] = lambda batch: batch.items
+        method = stub.FollowEventBatches
+    else:
+        method = stub.FollowEvents
     follower: Follower[pb.LoggedEvent] = Follower(
-        "test-events", lambda seq: stub.FollowEvents(pb.FollowEventsRequest(from_seq=seq, max_batch=50)),
+        "test-events", lambda seq: method(pb.FollowEventsRequest(from_seq=seq, max_batch=50)),
         cursor, on_batch=handler, backoff=FAST, rng=random.Random(1),
         time_of=lambda item: item.event.timestamp_ms, **kw)  # type: ignore[arg-type]
     return follower, channel
@@ -118,15 +123,17 @@ async def test_follows_history_then_live_in_order(tmp_path: Path) -> None:
         await running.stop(0)
 
 
-@pytest.mark.parametrize("writer_process", [False, True], ids=["in-process", "writer-process"])
-async def test_server_restart_mid_stream_loses_and_repeats_nothing(tmp_path: Path, writer_process: bool) -> None:
+@pytest.mark.parametrize(("writer_process", "batched"), [(False, False), (True, False), (False, True)],
+                         ids=["in-process", "writer-process", "batched-feed"])
+async def test_server_restart_mid_stream_loses_and_repeats_nothing(tmp_path: Path, writer_process: bool,
+                                                                   batched: bool) -> None:
     running = await start(profile_service(tmp_path, writer_process=writer_process))
     port = running.port
     first = [ev(ET.PRODUCT_VIEW, user=f"u{i % 5}", event_id=f"a{i}") for i in range(400)]
     await track(running.address, first)
     gate = asyncio.Event()
     recorder = Recorder(gate=gate)
-    follower, channel = follower_of(running.address, MemoryCursor(), recorder, max_batch=50, buffer=60)
+    follower, channel = follower_of(running.address, MemoryCursor(), recorder, batched, max_batch=50, buffer=60)
     follower.start()
     try:
         await asyncio.wait_for(recorder.entered.wait(), TIMEOUT)  # mid-stream: a batch is in the handler

@@ -264,3 +264,31 @@ async def test_sigkill_keeps_every_acknowledged_event_in_the_feed_exactly_once(t
                 proc.kill()
                 proc.wait(10)
     assert len(acked) > iterations * 20, f"too few events were acknowledged ({len(acked)}) to mean anything"
+
+
+async def test_batched_feed_has_the_same_items_grouped(profiles: Profiles) -> None:
+    stub = profiles.stub
+    events = [ev(ET.PAGE_VIEW, user=f"u{i % 3}", event_id=f"g{i}") for i in range(250)]
+    await stub.TrackBatch(pb.TrackBatchRequest(events=events), timeout=10)
+    await stub.Identify(pb.IdentifyRequest(anonymous_id="u0", customer_id="c0"), timeout=10)
+    plain = await take(stub, 0, 251)
+    call = stub.FollowEventBatches(pb.FollowEventsRequest(from_seq=0, max_batch=100))
+    batches: list[pb.LoggedEventBatch] = []
+    try:
+        async def run() -> None:
+            async for batch in call:
+                batches.append(batch)
+                if sum(len(b.items) for b in batches) >= 251:
+                    return
+        await asyncio.wait_for(run(), TIMEOUT)
+    finally:
+        call.cancel()
+    assert [len(b.items) for b in batches] == [100, 100, 51]
+    assert [i for b in batches for i in b.items] == plain
+    err = await assert_status(_first_batch(stub, plain[-1].seq + 2), grpc.StatusCode.OUT_OF_RANGE)
+    assert "beyond the head" in (err.details() or "")
+
+
+async def _first_batch(stub: profile_pb2_grpc.ProfileServiceStub, from_seq: int) -> None:
+    async for _ in stub.FollowEventBatches(pb.FollowEventsRequest(from_seq=from_seq), timeout=10):
+        return
