@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import grpc
+from tqdm import tqdm
 
 from services.common.channel import open_channel
 from vitrine.v1 import recommend_pb2, recommend_pb2_grpc
@@ -47,22 +48,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def read_sessions(path: Path) -> list[list[str]]:
     """Sessions from a file, reporting progress on stderr."""
     sessions: list[list[str]] = []
-    size = path.stat().st_size or 1
-    read = 0
-    with path.open(encoding="utf-8") as handle:
+    with path.open(encoding="utf-8") as handle, \
+            tqdm(total=path.stat().st_size, desc=f"reading {path.name}", unit="B", unit_scale=True,
+                 file=sys.stderr) as bar:
+        read = 0
         for number, line in enumerate(handle, 1):
             read += len(line.encode("utf-8"))
             ids = line.split()
             if ids and not ids[0].startswith("#"):
                 sessions.append(ids)
             if number % READ_PROGRESS_EVERY == 0:
-                _progress(f"reading {path.name}: {100 * read / size:5.1f}% ({len(sessions):,} sessions)")
-    _progress(f"read {len(sessions):,} sessions, {sum(len(s) for s in sessions):,} product ids\n")
+                bar.update(read - bar.n)
+                bar.set_postfix_str(f"{len(sessions):,} sessions", refresh=False)
+        bar.update(read - bar.n)
+    print(f"read {len(sessions):,} sessions, {sum(len(s) for s in sessions):,} product ids", file=sys.stderr)
     return sessions
-
-
-def _progress(text: str) -> None:
-    print(f"\r{text}", end="", file=sys.stderr, flush=True)
 
 
 async def _train(args: argparse.Namespace, request: recommend_pb2.TrainRequest) -> recommend_pb2.TrainResponse:
@@ -73,10 +73,13 @@ async def _train(args: argparse.Namespace, request: recommend_pb2.TrainRequest) 
         call = stub.Train(request, timeout=args.timeout)
         started = time.monotonic()
         task = asyncio.ensure_future(call)
-        while not task.done():
-            _progress(f"training on {args.address}: {time.monotonic() - started:6.1f}s elapsed")
-            await asyncio.wait([task], timeout=0.5)
-        _progress(f"trained in {time.monotonic() - started:.1f}s" + " " * 20 + "\n")
+        # The server reports no progress: the bar counts the seconds the call has run.
+        with tqdm(desc=f"training on {args.address}", unit="s", file=sys.stderr,
+                  bar_format="{desc}: {elapsed}") as bar:
+            while not task.done():
+                await asyncio.wait([task], timeout=0.5)
+                bar.update()
+        print(f"trained in {time.monotonic() - started:.1f}s", file=sys.stderr)
         return task.result()
 
 
