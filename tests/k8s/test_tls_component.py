@@ -11,11 +11,9 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import grpc
 import kubernetes_validate
 import pytest
 
@@ -23,6 +21,7 @@ from services.common.config import ServerConfig
 from services.common.server import build_server
 from tests.k8s import kustomize
 from tests.k8s.conftest import K8S, SCHEMA_VERSIONS, by_kind, config_data, pod_spec
+from tests.reliability.tiny_service import TinyService
 
 CONTRACT_PORTS = {"gateway": 50051, "profile": 50052, "segmentation": 50053, "recommendation": 50054,
                   "journeys": 50055}
@@ -98,22 +97,6 @@ def test_every_probe_checks_health_over_tls(tls_objects: list[dict[str, Any]]) -
         assert probe["timeoutSeconds"] >= 5
 
 
-class _IdleService:
-    """The smallest Service the scaffolding accepts: health only."""
-
-    name = "probe-test"
-    service_names: Sequence[str] = ("test.Idle",)
-
-    def add_to_server(self, server: grpc.aio.Server) -> None:
-        pass
-
-    async def start(self) -> None:
-        pass
-
-    async def stop(self) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     if shutil.which("openssl") is None:
@@ -141,7 +124,7 @@ async def test_the_rendered_probe_against_a_real_tls_server(
     cert, key = certificate
     command = _probes(tls_objects)[0][2]["exec"]["command"]
     config = ServerConfig(host="127.0.0.1", port=0, tls_cert_file=str(cert), tls_key_file=str(key))
-    running = await build_server(config, _IdleService())
+    running = await build_server(config, TinyService())  # health only
     try:
         assert await _run_probe(command, running.port, cert) == 0
         await running.health.enter_graceful_shutdown()  # NOT_SERVING, as during a SIGTERM
