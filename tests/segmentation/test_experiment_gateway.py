@@ -33,8 +33,9 @@ async def test_gateway_exposures_and_purchases_reach_the_results(tmp_path: Path)
             user = f"visitor-{i}"
             reply = await real.stub.Personalize(gateway_pb2.PersonalizeRequest(user_id=user, session_id="s",
                                                                                page_type="home"), timeout=5)
-            [assignment] = [a for a in reply.assignments if a.experiment_id == "home-test"]
-            served[user] = assignment.variant_id
+            mine = [a for a in reply.assignments if a.experiment_id == "home-test"]
+            if mine:  # none when segmentation missed the request's budget (a loaded machine): not exposed
+                served[user] = mine[0].variant_id
         assert set(served.values()) == {"control", "short"}
         buyers = [u for i, u in enumerate(served) if i % 3 == 0]
         now = int(time.time() * 1000)
