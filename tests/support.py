@@ -7,18 +7,8 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from services.common.config import ServerConfig
-from services.common.server import RunningServer, Service, build_server
-
-
-@contextlib.asynccontextmanager
-async def serving(service: Service, config: ServerConfig) -> AsyncIterator[RunningServer]:
-    """Run `service` on a free port for the duration of the block."""
-    running = await build_server(config, service)
-    try:
-        yield running
-    finally:
-        await running.stop(0)
+from services.common.server import RunningServer
+from vitrine.serving import serving as serving  # re-exported: the tests import it from here
 
 
 @contextlib.asynccontextmanager

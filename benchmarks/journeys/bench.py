@@ -129,9 +129,9 @@ async def bench_follow(args: argparse.Namespace) -> None:
 
     from services.journeys.app import JourneysService
     from services.journeys.config import JourneysConfig
-    from tests.support import serving
     from vitrine.health import wait_serving
     from vitrine.ports import free_port
+    from vitrine.serving import serving
     from vitrine.v1 import profile_pb2_grpc
 
     root = Path(tempfile.mkdtemp(prefix="vitrine-journeys-follow-"))
@@ -228,7 +228,7 @@ async def bench_lateness(args: argparse.Namespace) -> None:
     from services.profile.config import ProfileConfig
     from services.recommendation.app import build_service as build_recommendation
     from tests.journeys.conftest import catalog, recommendation_config
-    from tests.support import serving
+    from vitrine.serving import serving
     from vitrine.v1 import profile_pb2_grpc, recommend_pb2_grpc
 
     root = Path(tempfile.mkdtemp(prefix="vitrine-journeys-lateness-"))
