@@ -33,6 +33,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from scoring.units import DAY_MS
 from services.journeys.feed import FeedApplier
 from services.journeys.machines import ProductInfo, machine_for
 from services.journeys.store import JourneyStore
@@ -41,7 +42,6 @@ from vitrine.v1 import common_pb2, journey_pb2, profile_pb2
 
 ET = common_pb2.EventType
 JK = journey_pb2.JourneyKind
-DAY_MS = 86_400_000
 MIX = ((ET.PAGE_VIEW, 30), (ET.PRODUCT_VIEW, 35), (ET.ADD_TO_CART, 12), (ET.REMOVE_FROM_CART, 3),
        (ET.PURCHASE, 5), (ET.SEARCH, 7), (ET.EMAIL_OPEN, 5), (ET.EMAIL_CLICK, 3))
 

@@ -27,24 +27,12 @@ from typing import Any
 import grpc
 from tqdm import tqdm
 
+from vitrine.ports import free_ports
 from vitrine.supervisor import DEFAULT_PORTS, Suite, SuiteLayout
 from vitrine.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, profile_pb2
 
 MAX_MINUTES = 60.0  # hard bound, whatever the flag says
 MAX_IN_FLIGHT = 32
-
-
-def free_ports(n: int) -> list[int]:
-    import socket
-
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def descendants(pid: int) -> list[int]:

@@ -23,7 +23,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.reliability.helpers import free_ports
+from vitrine.ports import free_ports
 from vitrine.supervisor import DEFAULT_PORTS, State, Suite, SuiteLayout
 from vitrine.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, profile_pb2, profile_pb2_grpc
 

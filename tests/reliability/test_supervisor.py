@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability.helpers import free_ports
+from vitrine.ports import free_ports
 from vitrine.supervisor import SERVICES, ServiceSpec, State, Suite, SuiteLayout, status_table
 
 TIMEOUT = 60.0
