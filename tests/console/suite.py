@@ -93,7 +93,8 @@ async def start_backends(root: Path) -> Backends:
     profile = await build_server(profile_config, build_profile(profile_config))
     seg_config = SegmentationConfig(port=0, data_dir=str(root / "seg"), profile_addresses=profile.address)
     segmentation = await build_server(seg_config, build_segmentation(seg_config))
-    reco_config = RecommendationConfig(port=0, data_dir=str(root / "reco"), snapshot_seconds=0)
+    reco_config = RecommendationConfig(port=0, data_dir=str(root / "reco"), snapshot_seconds=0,
+                                       profile_addresses=profile.address)
     recommendation = await build_server(reco_config, build_recommendation(reco_config))
     gateway_config = GatewayConfig(port=0, profile_addresses=profile.address,
                                    segmentation_address=segmentation.address,

@@ -51,7 +51,8 @@ class RealSuite:
         return self.recommendation.port
 
     async def start_recommendation(self, port: int) -> None:
-        self.recommendation = await _start_recommendation(self.root, port)
+        addresses = ",".join(shard.address for shard in self.shards)
+        self.recommendation = await _start_recommendation(self.root, port, addresses)
 
     async def close(self) -> None:
         await self.channel.close()
@@ -62,11 +63,13 @@ class RealSuite:
             await running.stop(0)
 
 
-async def _start_recommendation(root: Path, port: int = 0) -> RunningServer:
+async def _start_recommendation(root: Path, port: int = 0, profile_addresses: str = "") -> RunningServer:
     from services.recommendation.app import build_service
     from services.recommendation.config import RecommendationConfig
 
-    config = RecommendationConfig(port=port, data_dir=str(root / "reco"), snapshot_seconds=0)
+    # The signals follow the suite's own shards (never a profile service that happens to run on 50052).
+    config = RecommendationConfig(port=port, data_dir=str(root / "reco"), snapshot_seconds=0,
+                                  profile_addresses=profile_addresses, follow_events=bool(profile_addresses))
     return await build_server(config, build_service(config))
 
 
@@ -81,7 +84,7 @@ async def start_real_suite(root: Path, shards: int = 1, *, load: bool = True) ->
     addresses = ",".join(s.address for s in profile_servers)
     seg_config = SegmentationConfig(port=0, data_dir=str(root / "seg"), profile_addresses=addresses)
     segmentation = await build_server(seg_config, build_segmentation(seg_config))
-    recommendation = await _start_recommendation(root)
+    recommendation = await _start_recommendation(root, profile_addresses=addresses)
     config = GatewayConfig(port=0, profile_addresses=addresses, segmentation_address=segmentation.address,
                            recommendation_address=recommendation.address, trending_refresh_seconds=0.5,
                            deadline_ms=500)  # generous: the test machine is shared and noisy
