@@ -119,19 +119,40 @@ class JourneyEngine:
             return self.store.cursor_of(txn, CATALOG_CURSOR)
 
     def apply_events(self, items: Sequence[profile_pb2.LoggedEvent], source: int = 0) -> int:
-        applied = 0
-        for start in range(0, len(items), C.FEED_BATCH):
-            applied += self.feed.apply_events(items[start:start + C.FEED_BATCH], source)
-        FEED_ITEMS.labels("events").inc(applied)
+        """Apply feed items on this thread (tests, benchmarks); the followers use the async twin."""
+        applied = self._apply_events(items, source)
         self._wake.set()
         return applied
 
     def apply_catalog(self, items: Sequence[recommend_pb2.CatalogChange]) -> int:
+        applied = self._apply_catalog(items)
+        self._wake.set()
+        return applied
+
+    async def apply_events_async(self, items: Sequence[profile_pb2.LoggedEvent], source: int = 0) -> int:
+        """Commit in a worker thread: while it fsyncs, the loop keeps reading the stream (so the next
+        batch is a large one) and serving calls. LMDB serializes this writer with the loop's own."""
+        applied = await asyncio.to_thread(self._apply_events, items, source)
+        self._wake.set()
+        return applied
+
+    async def apply_catalog_async(self, items: Sequence[recommend_pb2.CatalogChange]) -> int:
+        applied = await asyncio.to_thread(self._apply_catalog, items)
+        self._wake.set()
+        return applied
+
+    def _apply_events(self, items: Sequence[profile_pb2.LoggedEvent], source: int) -> int:
+        applied = 0
+        for start in range(0, len(items), C.FEED_BATCH):
+            applied += self.feed.apply_events(items[start:start + C.FEED_BATCH], source)
+        FEED_ITEMS.labels("events").inc(applied)
+        return applied
+
+    def _apply_catalog(self, items: Sequence[recommend_pb2.CatalogChange]) -> int:
         applied = 0
         for start in range(0, len(items), C.FEED_BATCH):
             applied += self.feed.apply_catalog(items[start:start + C.FEED_BATCH])
         FEED_ITEMS.labels("catalog").inc(applied)
-        self._wake.set()
         return applied
 
     # Timers.

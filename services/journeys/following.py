@@ -38,8 +38,8 @@ class Feeds:
             def open_events(seq: int, stub: profile_pb2_grpc.ProfileServiceStub = stub) -> object:
                 return stub.FollowEvents(profile_pb2.FollowEventsRequest(from_seq=seq, max_batch=C.FEED_BATCH))
 
-            def apply(items: Sequence[profile_pb2.LoggedEvent], source: int = source) -> None:
-                engine.apply_events(items, source)
+            async def apply(items: Sequence[profile_pb2.LoggedEvent], source: int = source) -> None:
+                await engine.apply_events_async(items, source)
 
             def load(source: int = source) -> int:
                 return engine.events_cursor(source)
@@ -52,8 +52,8 @@ class Feeds:
         self._channels.append(channel)
         catalog = recommend_pb2_grpc.RecommendServiceStub(channel)
 
-        def apply_catalog(items: Sequence[recommend_pb2.CatalogChange]) -> None:
-            engine.apply_catalog(items)
+        async def apply_catalog(items: Sequence[recommend_pb2.CatalogChange]) -> None:
+            await engine.apply_catalog_async(items)
 
         def open_catalog(seq: int) -> object:
             return catalog.FollowCatalog(recommend_pb2.FollowCatalogRequest(from_seq=seq))
