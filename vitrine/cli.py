@@ -9,12 +9,13 @@ import importlib
 import pkgutil
 import sys
 from collections.abc import Sequence
+from types import ModuleType
 
 import vitrine.commands
 
 
-def _commands() -> list[object]:
-    modules: list[object] = []
+def _commands() -> list[ModuleType]:
+    modules: list[ModuleType] = []
     for info in sorted(pkgutil.iter_modules(vitrine.commands.__path__), key=lambda i: i.name):
         if not info.name.startswith("_"):
             modules.append(importlib.import_module(f"vitrine.commands.{info.name}"))
@@ -25,11 +26,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vitrine", description="Vitrine real-time personalization engine")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in _commands():
-        text: str = module.HELP  # type: ignore[attr-defined]
+        text: str = module.HELP
         # argparse %-formats help strings ("80% Personalize" would break `vitrine --help`).
-        command = sub.add_parser(module.NAME, help=text.replace("%", "%%"), description=text)  # type: ignore[attr-defined]
-        module.add_arguments(command)  # type: ignore[attr-defined]
-        command.set_defaults(_run=module.run)  # type: ignore[attr-defined]
+        command = sub.add_parser(module.NAME, help=text.replace("%", "%%"), description=text)
+        module.add_arguments(command)
+        command.set_defaults(_run=module.run)
     return parser
 
 

@@ -39,6 +39,17 @@ def _field(data: Mapping[str, Any], schema: Schema, path: str) -> Any:
     return dict(value or {})
 
 
+def _value(node: n.Node) -> Any:
+    """A literal's value: the checker lets only literals stand where this is asked."""
+    assert isinstance(node, n.Literal), node
+    return node.value
+
+
+def _path(node: n.Node) -> str:
+    assert isinstance(node, n.Name), node
+    return node.path
+
+
 def interpret(tree: n.Node, data: Mapping[str, Any], schema: Schema, now_ms: int) -> Any:
     def ev(node: n.Node) -> Any:
         if isinstance(node, n.Literal):
@@ -47,11 +58,11 @@ def interpret(tree: n.Node, data: Mapping[str, Any], schema: Schema, now_ms: int
             return _field(data, schema, node.path)
         if isinstance(node, n.Index):
             container = ev(node.target)
-            key = node.index.value  # type: ignore[attr-defined]
+            key = _value(node.index)
             if isinstance(container, list):
                 i = int(key)
                 return container[i] if i < len(container) else ""
-            default = 0.0 if schema.fields[node.target.path] is FieldType.NUMBER_MAP else ""  # type: ignore[attr-defined]
+            default = 0.0 if schema.fields[_path(node.target)] is FieldType.NUMBER_MAP else ""
             value = container.get(key, default)
             return float(value) if isinstance(default, float) else value
         if isinstance(node, n.Unary):
@@ -62,8 +73,7 @@ def interpret(tree: n.Node, data: Mapping[str, Any], schema: Schema, now_ms: int
         if isinstance(node, n.Binary):
             if node.op in ("in", "not in"):
                 right = node.right
-                listed = isinstance(right, n.ListLiteral)
-                container = [i.value for i in right.items] if listed else ev(right)  # type: ignore[attr-defined]
+                container = [_value(i) for i in right.items] if isinstance(right, n.ListLiteral) else ev(right)
                 found = ev(node.left) in container
                 return found if node.op == "in" else not found
             a, b = ev(node.left), ev(node.right)
@@ -79,8 +89,8 @@ def interpret(tree: n.Node, data: Mapping[str, Any], schema: Schema, now_ms: int
     def call(node: n.Call) -> Any:
         if node.function == "events":
             args = [*node.args, *(v for _, v in node.kwargs)]
-            event = args[0].value.upper()  # type: ignore[attr-defined]
-            days = int(args[1].value)  # type: ignore[attr-defined]
+            event = str(_value(args[0])).upper()
+            days = int(_value(args[1]))
             today = now_ms // DAY_MS
             total = 0
             for day, kind, count in data.get("daily_events") or ():
@@ -95,7 +105,7 @@ def interpret(tree: n.Node, data: Mapping[str, Any], schema: Schema, now_ms: int
         if node.function == "has":
             arg = node.args[0]
             if isinstance(arg, n.Index):
-                return arg.index.value in ev(arg.target)  # type: ignore[attr-defined]
+                return _value(arg.index) in ev(arg.target)
             value = ev(arg)
             return bool(value)
         raise TypeError(node.function)
