@@ -337,9 +337,12 @@ class JourneyEngine:
                      "delivered"):
             setattr(out, name, int(values.get(name, 0)))
         out.revenue = float(values.get("revenue", 0.0))
+        out.dead_lettered = int(values.get("dead_lettered", 0))
         for name, value in values.items():
             if name.startswith("suppressed:"):
                 out.suppressed_by_reason[name.split(":", 1)[1]] = int(value)
+            elif name.startswith("cancelled:"):
+                out.cancelled_by_reason[name.split(":", 1)[1]] = int(value)
         return out
 
     def user_messages(self, user_id: str, limit: int) -> list[journey_pb2.Message]:

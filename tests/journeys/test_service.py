@@ -50,6 +50,7 @@ async def test_abandoned_cart_cancelled_by_purchase(suite: Suite) -> None:
     assert await suite.pull() == []
     stats = await suite.stats("cart")
     assert (stats.entered, stats.cancelled, stats.sent, stats.pending) == (1, 1, 0, 0)
+    assert dict(stats.cancelled_by_reason) == {"purchased": 1}
 
 
 async def test_consent_withdrawn_before_send_suppresses(suite: Suite) -> None:

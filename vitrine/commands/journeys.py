@@ -58,8 +58,9 @@ def stats_table(stats: list[tuple[str, journey_pb2.JourneyStats]]) -> str:
     rows = []
     for journey_id, s in stats:
         reasons = ", ".join(f"{k}={v}" for k, v in sorted(s.suppressed_by_reason.items())) or "-"
+        exits = ", ".join(f"{k}={v}" for k, v in sorted(s.cancelled_by_reason.items())) or "-"
         rows.append([journey_id, f"{s.entered:,}", f"{s.pending:,}", f"{s.sent:,}", f"{s.delivered:,}",
-                     f"{s.cancelled:,}", f"{s.suppressed:,} ({reasons})", f"{s.opened:,}", f"{s.clicked:,}",
+                     f"{s.cancelled:,} ({exits})", f"{s.suppressed:,} ({reasons})", f"{s.opened:,}", f"{s.clicked:,}",
                      f"{s.converted:,}", f"{s.revenue:,.2f}"])
     return table(["journey", "entered", "pending", "sent", "delivered", "cancelled", "suppressed", "opened",
                   "clicked", "converted", "revenue"], rows)
