@@ -166,6 +166,7 @@ def features(cases: Cases, items: ItemTables) -> np.ndarray:
     shopper = cases.shopper
     if shopper.ndim != 2 or shopper.shape[1] != vectors.shape[1]:
         shopper = np.zeros((cases.cand_ptr.size - 1, vectors.shape[1]), np.float32)
+    # the per-item arrays keep their dtype (the catalog's own arrays: no copy per request)
     _features_kernel(
         np.ascontiguousarray(cases.cand_ptr, np.int64), np.ascontiguousarray(cases.cand, np.int64),
         np.ascontiguousarray(cases.first_score, np.float32), np.ascontiguousarray(cases.recent_ptr, np.int64),
@@ -173,9 +174,8 @@ def features(cases: Cases, items: ItemTables) -> np.ndarray:
         np.ascontiguousarray(cases.budget, np.float32),
         np.ascontiguousarray(items.nb_indptr, np.int64), np.ascontiguousarray(items.nb_indices, np.int32),
         np.ascontiguousarray(items.nb_weights, np.float32), np.ascontiguousarray(vectors, np.float32),
-        np.ascontiguousarray(items.vector_row, np.int64), np.ascontiguousarray(items.popularity, np.float32),
-        np.ascontiguousarray(items.trend, np.float32), np.ascontiguousarray(items.price, np.float32),
-        np.ascontiguousarray(items.stock, np.int64), np.ascontiguousarray(items.category, np.int64), slot, out)
+        np.ascontiguousarray(items.vector_row, np.int64),
+        items.popularity, items.trend, items.price, items.stock, items.category, slot, out)
     return out
 
 

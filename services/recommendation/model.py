@@ -23,7 +23,7 @@ import os
 import secrets
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ import scipy.sparse as sp
 
 from scoring.index import VectorIndex
 from scoring.session_knn import Neighbours, load_neighbours, save_neighbours
+from services.recommendation.ranker_model import LearnedRanker, load_ranker
 
 CURRENT_FILE = "current"
 NEIGHBOUR_IDS_FILE = "neighbour_ids.npy"  # product id of each row of neighbours.npz
@@ -49,6 +50,8 @@ class Model:
     neighbours: Neighbours | None = None  # session item-item table over catalog rows (may be absent)
     # model row i is catalog row i for every i (the usual case): search results need no mapping
     same_rows: bool = False
+    # the learned second stage saved beside the model (ranker_model.py); None = first stage only
+    ranker: LearnedRanker | None = None
 
     @property
     def items(self) -> int:
@@ -115,7 +118,9 @@ class ModelStore:
         if neighbours is not None:
             neighbours = remap_neighbours(neighbours, np.load(directory / NEIGHBOUR_IDS_FILE), row_of, n_catalog)
         meta = json.loads((directory / "meta.json").read_text())
-        return assemble(version, ids, vectors, index, row_of, n_catalog, meta, neighbours)
+        model = assemble(version, ids, vectors, index, row_of, n_catalog, meta, neighbours)
+        ranker = load_ranker(directory, row_of, n_catalog) if neighbours is not None else None
+        return replace(model, ranker=ranker) if ranker is not None else model
 
     def prune(self, keep: int) -> None:
         """Delete all but the newest `keep` model directories (never the current one)."""

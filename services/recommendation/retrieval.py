@@ -53,6 +53,7 @@ class ForYouParams:
     session_recency_decay: float = SESSION_RECENCY_DECAY
     # Score of a viewed item itself (if not excluded); 0 = the weight the model tuned at training.
     session_repeat_weight: float = 0.0
+    second_stage: bool = True   # the learned ranker re-orders the session head (when the model has one)
 
     def repeat_weight(self, model: Model) -> float:
         return self.session_repeat_weight or float(model.meta.get("repeat_weight", SESSION_REPEAT_WEIGHT))
@@ -150,6 +151,9 @@ class Retrieval:
                                    repeat_weight=params.repeat_weight(model))
                 if params.session_neighbours else Candidates.empty())
         vector = for_you_query_vector(model, recent, purchased, params)
+        if params.second_stage and model.ranker is not None:
+            from services.recommendation.ranker import second_stage  # ranker.py imports this module
+            head = second_stage(model, self.catalog, s, vector, head, params)
         if not vector.any():
             return lambda n: head
         return lambda n: head.then(search(model, vector, n, SRC_FOR_YOU))

@@ -8,7 +8,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,8 @@ from services.recommendation.feed import EventSignals, ObserveResult, SignalFeed
 from services.recommendation.model import Model, ModelStore, assemble, new_version
 from services.recommendation.query import RankQuery
 from services.recommendation.rank import ListRanker
+from services.recommendation.ranker import LearnedScorer, warm_up_ranker
+from services.recommendation.ranker_model import train_ranker
 from services.recommendation.signals import SNAPSHOT_FILE, Signals
 from services.recommendation.store import SignalStore
 from services.recommendation.training import SESSION_EVENT_TYPES, Trained, sessions_from_events, train_model
@@ -128,7 +130,8 @@ class RecommendationService:
         self.models = ModelStore(self.directory / "models")
         self.recommender = Recommender(self.catalog, self.signals, candidate_multiplier=config.candidate_multiplier,
                                        budget_tolerance=config.budget_tolerance)
-        self.list_ranker = ListRanker(self.recommender)   # Rank; its `scorer` is the pluggable stage
+        # Rank; its `scorer` is the pluggable stage: the learned ranker when the model has one
+        self.list_ranker = ListRanker(self.recommender, LearnedScorer())
         self.index_params = IndexParams(flat_max_items=config.flat_index_max_items, kind=config.index_kind,
                                         nlist=config.ivf_nlist, hnsw_m=config.hnsw_m,
                                         ef_construction=config.hnsw_ef_construction,
@@ -409,6 +412,11 @@ class RecommendationService:
             train_model, rows, ids, embeddings, dim=dim, index_params=self.index_params, progress=_log_progress)
         if not trained.vectors.shape[0]:
             raise FailedPrecondition("training produced no item vectors (sessions too short or too few)")
+        params = self.recommender.for_you
+        ranker = (await asyncio.to_thread(
+            train_ranker, rows, len(ids), repeat_weight=trained.repeat_weight, recency_decay=params.recency_decay,
+            purchase_weight=params.purchase_weight, category=self.catalog.category[: len(ids)].astype(np.int64))
+            if trained.neighbours is not None else None)
         version = new_version()
         meta = {"model_version": version, "items": int(trained.vectors.shape[0]), "dimensions": dim,
                 "interactions": trained.interactions, "index_type": trained.index.kind,
@@ -416,11 +424,15 @@ class RecommendationService:
                 "recall_at_10": trained.index.recall,
                 "learned_items": trained.learned, "provided_items": trained.provided,
                 "train_seconds": trained.train_seconds, "index_seconds": trained.index_seconds,
-                "trained_ms": int(time.time() * 1000), "repeat_weight": trained.repeat_weight}
+                "trained_ms": int(time.time() * 1000), "repeat_weight": trained.repeat_weight,
+                "ranker": ranker.meta if ranker is not None else None}
         await asyncio.to_thread(self.models.save, version, np.asarray(trained.ids), trained.vectors,
                                 trained.index, meta, trained.neighbours, ids)
+        if ranker is not None:  # beside the model, before `current` names it
+            await asyncio.to_thread(ranker.save, self.models.directory / version, ids)
         model = await asyncio.to_thread(assemble, version, np.asarray(trained.ids), trained.vectors, trained.index,
                                         row_of, len(self.catalog), meta, trained.neighbours)
+        model = replace(model, ranker=ranker)
         await asyncio.to_thread(self.models.set_current, version)
         self.recommender.model = model  # the swap: requests holding the old model finish with it
         await asyncio.to_thread(self.models.prune, MODELS_KEPT)
@@ -469,6 +481,7 @@ def warm_up() -> None:
     compiling or loading it (on a fresh machine that takes seconds: readiness means compiled)."""
     table = build_neighbours([np.array([0, 1, 2]), np.array([1, 2, 0])], 3)
     session_scores(table, np.array([0, 1], np.int64))
+    warm_up_ranker(table)
     stock = np.ones(4, np.int32)
     price = np.arange(4, dtype=np.float64)
     category = np.array([0, 1, 0, -1], np.int32)
