@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import grpc
 
-from tests.journeys.conftest import ET, Suite
+from tests.journeys.conftest import ET, Suite, SuiteFactory
 from tests.journeys.helpers import HOUR_MS, JK, MIN_MS, journey
 from tests.support import assert_status
 from vitrine.v1 import journey_pb2
@@ -79,3 +79,12 @@ async def test_bad_journeys_are_refused(suite: Suite) -> None:
     await assert_status(suite.journeys.PullMessages(journey_pb2.PullMessagesRequest(max=-1)),
                         grpc.StatusCode.INVALID_ARGUMENT)
     await assert_status(suite.stats("nope"), grpc.StatusCode.NOT_FOUND)
+
+
+async def test_token_is_required_when_set(make_suite: SuiteFactory) -> None:
+    async with make_suite(auth_token="s3cret") as suite:
+        await assert_status(suite.journeys.ListJourneys(journey_pb2.ListJourneysRequest(), timeout=5),
+                            grpc.StatusCode.UNAUTHENTICATED)
+        listed = await suite.journeys.ListJourneys(journey_pb2.ListJourneysRequest(), timeout=5,
+                                                   metadata=(("authorization", "Bearer s3cret"),))
+        assert not listed.journeys
