@@ -28,6 +28,7 @@ SERVICE_NAMES = {
     "profile": "vitrine.v1.ProfileService",
     "segmentation": "vitrine.v1.SegmentService",
     "recommendation": "vitrine.v1.RecommendService",
+    "journeys": "vitrine.v1.JourneyService",
 }
 
 

@@ -4,10 +4,11 @@ Order: wait for the services to report SERVING, upsert the catalog
 (RecommendService.UpsertProducts in batches), put the demo segments and offers
 (SegmentService), then one pass over the generated shoppers: events go to the
 profile service in TrackBatch requests (routed per user to the right shard with the
-gateway's own hash when there are several), cart and purchase events (and recent
-views) to RecommendService.Observe, the visits' product sequences are kept for
-training; then Identify for the shoppers who logged in mid-history (and, at the demo
-scale, for those registered from the start), while RecommendService.Train runs with
+gateway's own hash when there are several; the recommendation service's signals follow
+the profile log itself, FollowEvents, so nothing goes to the deprecated Observe unless
+`observe=True`), the visits' product sequences are kept for training; then Identify for
+the shoppers who logged in mid-history (and, at the demo scale, for those registered from
+the start), while RecommendService.Train runs with
 those sessions inline (it starts as soon as generation ends).
 
 Nothing holds all events: at most CONCURRENCY batches per destination are in flight.
@@ -237,7 +238,7 @@ async def load_demo(
     auth_token: str = "",
     progress: bool | Callable[[str], None] | None = True,
     train: bool = True,
-    observe: bool = True,
+    observe: bool = False,
     batch_size: int = EVENT_BATCH,
     batch_timeout: float = BATCH_TIMEOUT_S,
     train_timeout: float = TRAIN_TIMEOUT_S,
