@@ -54,6 +54,7 @@ def main() -> None:
     prefixes = [np.asarray([int(x) for x in p.split()], np.int64)[::-1][:40] for p, _ in test]
     target = np.asarray([int(n) for _, n in test], np.int64)
     idx, sc = session_topk(table, prefixes, RANKER_CANDIDATES, repeat_weight=weight)
+    sc = sc / np.maximum(sc[:, :1], 1e-12)   # relative to the best, as the service passes them
     valid = idx >= 0
     groups = valid.sum(axis=1)
     shopper = np.stack([shopper_vector(vectors, p) for p in prefixes]).astype(np.float32)

@@ -76,6 +76,9 @@ def build_cases(prefixes: Sequence[np.ndarray], targets: np.ndarray, table: Neig
     """Features and labels of the cases whose next item is among the first stage's candidates."""
     n_items = table.n_items
     idx, scores = session_topk(table, prefixes, n_candidates, repeat_weight=repeat_weight)
+    # relative to the case's best: what the service's FOR_YOU head and Rank can pass (their scores are
+    # normalised), and comparable between the older-sessions table and the full one
+    scores = scores / np.maximum(scores[:, :1], 1e-12)
     hit = idx == targets[:, None]
     keep = np.flatnonzero(hit.any(axis=1))
     valid = idx[keep] >= 0

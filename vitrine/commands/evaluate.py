@@ -10,7 +10,10 @@ strategy over a real channel, and prints HR/MRR/NDCG@10/20 and coverage per stra
 
 Reference rows computed from the same data without the service, marked "(scoring level)":
 popularity by training click counts (the protocol's floor) and the session-kNN score of
-`scoring.session_knn` (what FOR_YOU is proposed to merge in).
+`scoring.session_knn` (what FOR_YOU is proposed to merge in), item-kNN (the session neighbours of
+the newest item alone) and, for the Rank protocol, the 100 candidates in popularity order.
+FOR_YOU_FIRST_STAGE / RANK / RANK_FIRST_STAGE: see `vitrine.evaluation.runner`. A second table
+repeats every row over the cases whose next item is not a re-view.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ from typing import Any
 NAME = "evaluate"
 HELP = "offline evaluation (HR/MRR/NDCG@10/20, coverage) of each strategy on held-out sessions"
 DEFAULT_OUT = Path(__file__).resolve().parents[2] / "benchmarks" / "evaluation"
-STRATEGIES = ("FOR_YOU", "TRENDING", "SIMILAR", "RECENTLY_VIEWED")
+STRATEGIES = ("FOR_YOU", "FOR_YOU_FIRST_STAGE", "RANK", "RANK_FIRST_STAGE", "TRENDING", "SIMILAR",
+              "RECENTLY_VIEWED")
 # Published HR@20 / MRR@20 (%) on the same Tmall files (../shared/data/README.md; SR-GNN and
 # GCE-GNN as reported in Wang et al., SIGIR 2020).
 TMALL_PUBLISHED = (
@@ -94,6 +98,13 @@ def _reference_rows(dataset: Any) -> dict[str, Any]:
         got += [back[i] for i in pop if back[i] not in seen][: 20 - len(got)]
         lists.append(got)
     rows["session-kNN + re-views (scoring level)"] = score_lists(lists, targets, n, pad="")
+    idx, _ = session_knn.session_topk(neighbours, [p for p, _ in test], 20, n_recent=1, repeat_weight=0.0)
+    rows["item-kNN, last item's session neighbours (scoring level)"] = score_lists(
+        [[back[i] for i in row if i >= 0] for row in idx], targets, n, pad="")
+    from vitrine.evaluation.rank_protocol import candidate_lists, popularity_order
+
+    rows["RANK protocol: popularity order (scoring level)"] = score_lists(
+        popularity_order(dataset, candidate_lists(dataset)), targets, n, pad="")
     return rows
 
 
@@ -151,6 +162,11 @@ def run(args: argparse.Namespace) -> int:
     out: Path = args.out
     write_md = out / f"{dataset.name}{tag}.md"
     report.write_markdown(write_md, title, scores, intro=intro, notes=notes)
+    if result.scores_new:
+        share = result.scores_new[next(iter(result.scores_new))].cases / max(result.cases, 1)
+        with write_md.open("a") as f:
+            f.write(f"\n## Next items that are not re-views ({100 * share:.1f}% of the cases)\n\n"
+                    + report.markdown_table(result.scores_new) + "\n")
     report.write_plot(out / f"{dataset.name}{tag}.png", title + f" ({result.cases:,} cases)", scores)
     print(f"\nwrote {write_md} and {write_md.with_suffix('.png')}", file=sys.stderr)
     return 0

@@ -8,7 +8,13 @@
 4. for each test case and strategy, calls `Recommend(k)` concurrently (bounded), with
    `user.recent_product_ids` = the prefix NEWEST FIRST and `include_out_of_stock=true`;
    SIMILAR uses the newest prefix item as the anchor;
-5. computes HR/MRR/NDCG@10/20 and coverage@20 per strategy (`metrics.score_lists`).
+5. computes HR/MRR/NDCG@10/20 and coverage@20 per strategy (`metrics.score_lists`), over all cases
+   and over the cases whose next item is not a re-view (not in the prefix).
+
+Pseudo-strategies beside the real ones: FOR_YOU_FIRST_STAGE is FOR_YOU with the learned second stage
+switched off (`ForYouParams.second_stage`) on the same model; RANK is the Rank protocol
+(`rank_protocol.py`: the true next item among RANK_CANDIDATES sampled by popularity, where it lands);
+RANK_FIRST_STAGE the same with the first-stage scorer.
 
 Nothing here re-implements the service: what is measured is what the RPC returns.
 """
@@ -28,6 +34,7 @@ import grpc
 
 from vitrine.evaluation.datasets import Dataset, category_affinity
 from vitrine.evaluation.metrics import Scores, score_lists
+from vitrine.evaluation.rank_protocol import run_rank_protocol
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +69,7 @@ class Report:
     seconds: dict[str, float]
     model: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    scores_new: dict[str, Scores] = field(default_factory=dict)   # cases whose next item is not a re-view
 
 
 def _observe_events(sessions: Sequence[Sequence[str]], now_ms: int) -> Iterator[Any]:
@@ -184,7 +192,9 @@ async def evaluate_async(dataset: Dataset, *, strategies: Sequence[str] = DEFAUL
                     train_req.sessions.add().product_ids.extend(s)
                 trained = await stub.Train(train_req, timeout=TRAIN_TIMEOUT_S)
                 seconds["train"] = time.perf_counter() - t
+                ranker = service.recommender.model.ranker if service.recommender.model else None
                 model = {"model_version": trained.model_version, "items": trained.items,
+                         "ranker": ranker.meta if ranker is not None else None,
                          "interactions": trained.interactions, "index_type": trained.index_type,
                          "train_seconds": round(trained.train_seconds, 1),
                          "index_seconds": round(trained.index_seconds, 1)}
@@ -201,22 +211,33 @@ async def evaluate_async(dataset: Dataset, *, strategies: Sequence[str] = DEFAUL
                     seconds["observe"] = time.perf_counter() - t
                     say(f"Observe: {observed:,} events in {seconds['observe']:.0f}s\n")
                 scores: dict[str, Scores] = {}
+                scores_new: dict[str, Scores] = {}
                 fallback: dict[str, float] = {}
                 targets = [c.next for c in dataset.test]
+                new = [i for i, c in enumerate(dataset.test) if c.next not in c.prefix]
                 n_catalog = len({p for s in dataset.train for p in s})
                 for strategy in strategies:
                     t = time.perf_counter()
-                    lists, fallback[strategy] = await _run_strategy(
-                        stub, strategy, dataset, k, concurrency, say,
-                        affinity_decay if strategy in ("FOR_YOU", "TRENDING") else None)
+                    if strategy in ("RANK", "RANK_FIRST_STAGE"):
+                        lists, fallback[strategy] = await run_rank_protocol(
+                            stub, service, dataset, concurrency, say, first_stage=strategy == "RANK_FIRST_STAGE")
+                    else:
+                        first_stage = strategy == "FOR_YOU_FIRST_STAGE"
+                        service.recommender.for_you.second_stage = not first_stage
+                        lists, fallback[strategy] = await _run_strategy(
+                            stub, "FOR_YOU" if first_stage else strategy, dataset, k, concurrency, say,
+                            affinity_decay if strategy in ("FOR_YOU", "FOR_YOU_FIRST_STAGE", "TRENDING") else None)
+                        service.recommender.for_you.second_stage = True
                     seconds[strategy] = time.perf_counter() - t
                     scores[strategy] = score_lists(lists, targets, n_catalog, pad="")
+                    scores_new[strategy] = score_lists([lists[i] for i in new], [targets[i] for i in new],
+                                                       n_catalog, pad="")
                     say(f"{strategy}: HR@20 {100 * scores[strategy].hr20:.2f}  MRR@20 "
                         f"{100 * scores[strategy].mrr20:.2f}  ({seconds[strategy]:.0f}s)\n")
         finally:
             await running.stop(0)
     return Report(dataset.name, len(dataset.test), len(dataset.train), n_catalog, scores, fallback, seconds,
-                  model, notes)
+                  model, notes, scores_new)
 
 
 def evaluate(dataset: Dataset, **kwargs: Any) -> Report:
