@@ -26,13 +26,21 @@ def proto_files() -> list[Path]:
     return sorted(PROTO_ROOT.rglob("*.proto"))
 
 
-def _plugin(name: str) -> str:
+def _plugin(name: str) -> str | None:
     """The protoc plugin `name` installed with mypy-protobuf, next to this interpreter or on PATH."""
     beside = Path(sys.executable).parent / name
-    found = str(beside) if beside.exists() else shutil.which(name)
-    if not found:
-        raise SystemExit(f"{name} not found: pip install mypy-protobuf (a dev dependency)")
-    return found
+    return str(beside) if beside.exists() else shutil.which(name)
+
+
+def _stub_args(out_dir: Path) -> list[str]:
+    """mypy-protobuf's typed stubs (a dev dependency); without it (the image's builder stage, which
+    installs only what runs) protoc's own message stubs, which no type check reads there."""
+    mypy, mypy_grpc = _plugin("protoc-gen-mypy"), _plugin("protoc-gen-mypy_grpc")
+    if mypy is None or mypy_grpc is None:
+        print("mypy-protobuf not installed: protoc's own .pyi stubs (no typed gRPC stubs)", file=sys.stderr)
+        return [f"--pyi_out={out_dir}"]
+    return [f"--plugin=protoc-gen-mypy={mypy}", f"--plugin=protoc-gen-mypy_grpc={mypy_grpc}",
+            f"--mypy_out=quiet:{out_dir}", f"--mypy_grpc_out=quiet:{out_dir}"]
 
 
 def generate(out_dir: Path) -> None:
@@ -46,12 +54,9 @@ def generate(out_dir: Path) -> None:
         "grpc_tools.protoc",
         f"-I{PROTO_ROOT}",
         f"-I{well_known}",
-        f"--plugin=protoc-gen-mypy={_plugin('protoc-gen-mypy')}",
-        f"--plugin=protoc-gen-mypy_grpc={_plugin('protoc-gen-mypy_grpc')}",
         f"--python_out={out_dir}",
-        f"--mypy_out=quiet:{out_dir}",
         f"--grpc_python_out={out_dir}",
-        f"--mypy_grpc_out=quiet:{out_dir}",
+        *_stub_args(out_dir),
         *files,
     ]
     code = protoc.main(args)
