@@ -15,21 +15,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-from scoring import session_knn  # noqa: E402
-from scoring.item_vectors import train_item_vectors  # noqa: E402
-from scoring.shopper import shopper_vector  # noqa: E402
-from vitrine.evaluation.datasets import index_items, load_tmall  # noqa: E402
-from vitrine.evaluation.metrics import score_lists  # noqa: E402
+from scoring import session_knn
+from scoring.item_vectors import train_item_vectors
+from scoring.shopper import shopper_vector
+from vitrine.evaluation.datasets import index_items, load_tmall
+from vitrine.evaluation.metrics import score_lists
 
 LOG = Path(__file__).resolve().parent / "scoring_level.tsv"
 K = 20
