@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,8 @@ from services.journeys.servicer import JourneyServicer
 from services.journeys.store import JourneyStore
 from services.journeys.webhook import WebhookDelivery
 from vitrine.v1 import journey_pb2, journey_pb2_grpc
+
+log = logging.getLogger(__name__)
 
 
 def send_settings(config: JourneysConfig) -> SendSettings:
@@ -57,6 +62,7 @@ class JourneysService:
         self.engine = JourneyEngine(self.store, backends or _NotStarted(), send_settings(config), clock=clock)
         self.feeds: Feeds | None = None
         self.webhook: WebhookDelivery | None = None
+        self._purging: asyncio.Task[None] | None = None
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         journey_pb2_grpc.add_JourneyServiceServicer_to_server(JourneyServicer(self.engine), server)
@@ -70,11 +76,27 @@ class JourneysService:
         if self.config.follow_feeds:
             self.feeds = Feeds(self.engine, self.config)
             self.feeds.start()
+        if self.config.purge_interval_seconds > 0:
+            self._purging = asyncio.create_task(self._purge_loop(), name="journeys-purge")
         if self.config.webhook_url:
             self.webhook = WebhookDelivery(self.engine, self.config.webhook_url, self.config.webhook_secret)
             self.webhook.start()
 
+    async def _purge_loop(self) -> None:
+        retention_ms = int(self.config.message_retention_days * DAY_MS)
+        while True:
+            await asyncio.sleep(self.config.purge_interval_seconds)  # a period, not a synchronisation
+            try:
+                messages, watches = await asyncio.to_thread(self.engine.purge, retention_ms)
+                log.info("purged %d delivered messages and %d expired watches", messages, watches)
+            except Exception:
+                log.exception("purge failed; trying again next period")
+
     async def stop(self) -> None:
+        if self._purging is not None:
+            self._purging.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._purging
         if self.feeds is not None:
             await self.feeds.stop()
         if self.webhook is not None:

@@ -54,6 +54,10 @@ TIMER_IDLE_SECONDS = 1.0            # the timer loop looks again at least this o
 BACKEND_TIMEOUT_SECONDS = 2.0       # deadline of every call to profile/segmentation/recommendation
 FEED_BATCH = 256                    # feed items applied per LMDB write transaction
 
+# Retention: delivered messages and expired watches are purged in chunks.
+DEFAULT_MESSAGE_RETENTION_DAYS = 30  # delivered messages are kept this long (ListUserMessages, attribution)
+PURGE_CHUNK_KEYS = 5_000             # keys visited per write transaction by the purge
+
 # Delivery.
 DEFAULT_VISIBILITY_TIMEOUT_SECONDS = 60.0
 DEFAULT_PULL_MAX = 100
@@ -114,6 +118,13 @@ class JourneysConfig(ServerConfig):
     send_retry_seconds: float = dataclasses.field(
         default=DEFAULT_SEND_RETRY_SECONDS,
         metadata={"help": "a due message whose backends are down is tried again after this"},
+    )
+    message_retention_days: float = dataclasses.field(
+        default=DEFAULT_MESSAGE_RETENTION_DAYS,
+        metadata={"help": "delivered messages older than this are deleted (at least the attribution window)"},
+    )
+    purge_interval_seconds: float = dataclasses.field(
+        default=3600.0, metadata={"help": "how often delivered messages and expired watches are purged (0 = never)"}
     )
     webhook_url: str = dataclasses.field(
         default="", metadata={"help": "POST each message as JSON here (and ack it on a 2xx); '' = pull only"}

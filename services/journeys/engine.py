@@ -20,7 +20,7 @@ from services.common.errors import InvalidArgument, NotFound, ResourceExhausted
 from services.journeys import config as C
 from services.journeys.definitions import check_id, validate_journey
 from services.journeys.feed import FeedApplier
-from services.journeys.machines import IDLE, WAITING, JourneyState, Machine, machine_for
+from services.journeys.machines import IDLE, WAITING, JourneyState, Machine, Watch, machine_for
 from services.journeys.sending import CANCEL, SEND, SUPPRESS, WAIT, Backends, Outcome, SendSettings, cap_allows, prepare
 from services.journeys.store import CATALOG_CURSOR, JourneyStore, events_cursor
 from vitrine.v1 import journey_pb2, profile_pb2, recommend_pb2
@@ -252,6 +252,30 @@ class JourneyEngine:
             machine.reset(state)
         store.put_state(txn, user, journey_id, state)
         return outcome.kind == SEND
+
+    # Retention.
+    def purge(self, retention_ms: int) -> tuple[int, int]:
+        """One full pass, a chunk per transaction: delivered messages older than `retention_ms` (never
+        inside the attribution window) and watches no journey would use. Returns (messages, watches)."""
+        now = self.clock()
+        before = now - max(retention_ms, self.settings.attribution_ms)
+        messages = watches = 0
+        start: bytes | None = b""
+        while start is not None:
+            with self.store.write() as txn:
+                deleted, start = self.store.purge_messages(txn, before, start, C.PURGE_CHUNK_KEYS)
+            messages += deleted
+
+        def keep(journey_id: str, watch: Watch) -> bool:
+            machine = self.feed.machines.get(journey_id)
+            return machine is not None and machine.fresh(watch, now)
+
+        start = b""
+        while start is not None:
+            with self.store.write() as txn:
+                deleted, start = self.store.purge_watches(txn, keep, start, C.PURGE_CHUNK_KEYS)
+            watches += deleted
+        return messages, watches
 
     # Outbox.
     def take(self, max_messages: int, visibility_ms: Callable[[int], int] | None = None) -> list[journey_pb2.Message]:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import lmdb
@@ -320,6 +320,48 @@ class JourneyStore:
             txn.delete(message_id, db=self.db["messages"])
             txn.delete(key, db=self.db["umsg"])
         return len(keys)
+
+    # Retention.
+    def purge_messages(self, txn: lmdb.Transaction, before_ms: int, start: bytes,
+                       max_keys: int) -> tuple[int, bytes | None]:
+        """Delete delivered (acked or dead-lettered) messages created before `before_ms`, visiting at
+        most `max_keys` from `start`; returns (deleted, where to go on; None at the end)."""
+        cursor = txn.cursor(db=self.db["delivery"])
+        if not cursor.set_range(start):
+            return 0, None
+        doomed: list[tuple[bytes, Delivery]] = []
+        resume: bytes | None = None
+        for i, (key, raw) in enumerate(cursor):
+            if i >= max_keys:
+                resume = bytes(key)
+                break
+            delivery = Delivery.from_bytes(bytes(raw))
+            if (delivery.acked or delivery.dead) and delivery.created_ms < before_ms:
+                doomed.append((bytes(key), delivery))
+        for key, delivery in doomed:
+            txn.delete(key, db=self.db["delivery"])
+            txn.delete(key, db=self.db["messages"])
+            txn.delete(delivery.user_id.encode() + SEP + _U64.pack(delivery.created_ms) + key, db=self.db["umsg"])
+        return len(doomed), resume
+
+    def purge_watches(self, txn: lmdb.Transaction, keep: Callable[[str, Watch], bool], start: bytes,
+                      max_keys: int) -> tuple[int, bytes | None]:
+        """Delete the watches `keep(journey_id, watch)` rejects (expired, or of a deleted journey)."""
+        cursor = txn.cursor(db=self.db["watches"])
+        if not cursor.set_range(start):
+            return 0, None
+        doomed: list[tuple[str, str, str]] = []
+        resume: bytes | None = None
+        for i, (key, raw) in enumerate(cursor):
+            if i >= max_keys:
+                resume = bytes(key)
+                break
+            product_id, journey_id, user = bytes(key).decode().split("\x00", 2)
+            if not keep(journey_id, Watch(**json.loads(bytes(raw)))):
+                doomed.append((product_id, journey_id, user))
+        for product_id, journey_id, user in doomed:
+            self.delete_watch(txn, product_id, journey_id, user)
+        return len(doomed), resume
 
     # Frequency caps and attribution.
     def sends(self, txn: lmdb.Transaction, user: str) -> list[int]:

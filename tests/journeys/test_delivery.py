@@ -215,3 +215,28 @@ async def test_restart_resumes_the_feeds_and_keeps_timers(tmp_path: Path) -> Non
             response = await stub.PullMessages(journey_pb2.PullMessagesRequest(wait_ms=5000))
             [message] = response.messages
             assert {i.product_id for i in message.items} >= {"p1", "p2"}
+
+
+async def test_purge_of_delivered_messages_and_expired_watches(suite: Suite) -> None:
+    await suite.put(journey(JK.ABANDONED_CART, "cart", delay_ms=0))
+    await suite.put(journey(JK.PRICE_DROP, "drop", delay_ms=0, params={"watch_days": "2"}))
+    await suite.customer("c1")
+    await suite.customer("c2")
+    await suite.track(ET.ADD_TO_CART, user="c1", product_id="p1")
+    await suite.track(ET.ADD_TO_CART, user="c2", product_id="p2")
+    await suite.advance(1000)
+    messages = await suite.pull(wait_ms=3000)
+    assert len(messages) == 2
+    delivered = next(m for m in messages if m.user_id == "c1")
+    await suite.journeys.AckMessages(journey_pb2.AckMessagesRequest(message_ids=[delivered.message_id]))
+    store = suite.service.store
+    with store.read() as txn:
+        assert store.count(txn, "watches") == 2               # both carts watch their product's price
+    await suite.advance(40 * DAY_MS)
+    messages_purged, watches_purged = suite.service.engine.purge(30 * DAY_MS)
+    assert (messages_purged, watches_purged) == (1, 2)       # the acked one; the unacked one is kept
+    with store.read() as txn:
+        assert store.message(txn, delivered.message_id) is None
+        assert store.count(txn, "messages") == 1 and store.count(txn, "watches") == 0
+    listed = await suite.journeys.ListUserMessages(journey_pb2.ListUserMessagesRequest(user_id="c1"))
+    assert not listed.messages
