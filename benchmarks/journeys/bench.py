@@ -69,6 +69,12 @@ def events(n: int, users: int, products: int, start_ms: int, seed: int = 0) -> I
         yield profile_pb2.LoggedEvent(seq=seq, event=event, canonical_user_id=user)
 
 
+def catalog() -> list[common_pb2.Product]:
+    """20 products in stock, as in the service tests."""
+    return [common_pb2.Product(product_id=f"p{i}", title=f"Product {i}", category="shoes" if i < 10 else "bags",
+                               price=10.0 + i, stock=5, currency="EUR") for i in range(20)]
+
+
 def open_store(root: Path, sync: bool) -> JourneyStore:
     return JourneyStore(root, map_size_mb=32_768, sync=sync)
 
@@ -227,7 +233,7 @@ async def bench_lateness(args: argparse.Namespace) -> None:
     from services.profile.app import ProfileService
     from services.profile.config import ProfileConfig
     from services.recommendation.app import build_service as build_recommendation
-    from tests.journeys.conftest import catalog, recommendation_config
+    from services.recommendation.config import RecommendationConfig
     from vitrine.serving import serving
     from vitrine.v1 import profile_pb2_grpc, recommend_pb2_grpc
 
@@ -236,7 +242,8 @@ async def bench_lateness(args: argparse.Namespace) -> None:
         profile = ProfileService(ProfileConfig(port=0, data_dir=str(root / "p"), purge_interval_seconds=0.0))
         async with serving(profile, profile.config) as p_running, \
                 grpc.aio.insecure_channel(p_running.address) as p_channel:
-            recommendation = build_recommendation(recommendation_config(root / "r", p_running.address))
+            recommendation = build_recommendation(RecommendationConfig(
+                port=0, data_dir=str(root / "r"), snapshot_seconds=0.0, profile_addresses=p_running.address))
             async with serving(recommendation, recommendation.config) as r_running, \
                     grpc.aio.insecure_channel(r_running.address) as r_channel:
                 await recommend_pb2_grpc.RecommendServiceStub(r_channel).UpsertProducts(iter(catalog()), timeout=30)
