@@ -30,6 +30,9 @@ from services.recommendation.retrieval import ForYouParams, for_you_query_vector
 _VIEW_COUNT = FEATURES.index("view_count")
 _SIMILARITY = FEATURES.index("vector_sim")
 SECOND_STAGE_BASE = 2.0   # re-ordered head scores are in (2, 3]: above the first stage's 1 + s / max s
+# A view count repeats its row at most this often: the counts come from the caller (up to 2^31), and
+# np.repeat of a hostile count allocated billions of rows and stopped the service for a minute (#19).
+MAX_VIEW_REPEATS = 100
 
 
 def viewed_rows(catalog: Catalog, shopper: Shopper) -> np.ndarray:
@@ -37,7 +40,7 @@ def viewed_rows(catalog: Catalog, shopper: Shopper) -> np.ndarray:
     rows = catalog.rows(shopper.recent)
     counts = shopper.recent_counts
     if counts and len(counts) == rows.size:
-        rows = np.repeat(rows, np.maximum(np.asarray(counts, np.int64), 1))
+        rows = np.repeat(rows, np.clip(np.asarray(counts, np.int64), 1, MAX_VIEW_REPEATS))
     return rows
 
 
