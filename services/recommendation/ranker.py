@@ -16,19 +16,16 @@ from __future__ import annotations
 import numpy as np
 
 from scoring.list_rank import gather
-from scoring.ranking.features import FEATURES, Cases, ItemTables, features
+from scoring.ranking.features import Cases, ItemTables, features
 from scoring.session_knn import Neighbours, session_scores
 from services.recommendation.candidates import Candidates
 from services.recommendation.catalog import Catalog
-from services.recommendation.config import RANK_PERSONAL_MIN_SIMILARITY
 from services.recommendation.model import Model
 from services.recommendation.query import Shopper
 from services.recommendation.rank import FirstStageScorer, ListScores, RankInputs
 from services.recommendation.ranker_model import RANKER_CANDIDATES, LearnedRanker
 from services.recommendation.retrieval import ForYouParams, for_you_query_vector
 
-_VIEW_COUNT = FEATURES.index("view_count")
-_SIMILARITY = FEATURES.index("vector_sim")
 SECOND_STAGE_BASE = 2.0   # re-ordered head scores are in (2, 3]: above the first stage's 1 + s / max s
 # A view count repeats its row at most this often: the counts come from the caller (up to 2^31), and
 # np.repeat of a hostile count allocated billions of rows and stopped the service for a minute (#19).
@@ -83,7 +80,10 @@ def second_stage(model: Model, catalog: Catalog, shopper: Shopper, vector: np.nd
 
 
 class LearnedScorer:
-    """Rank's scorer: the learned ranker when the model has one, else the first stage."""
+    """Rank's scorer: the first stage orders the list, then the ranker re-orders the items the first
+    stage retrieved from the shopper's views (positive session score), the only kind it learned from;
+    they stay above the others, which keep the first stage's order. Without a ranker, or without
+    recent views: the first stage alone."""
 
     name = "learned"
 
@@ -92,32 +92,33 @@ class LearnedScorer:
 
     def score(self, inputs: RankInputs) -> ListScores:
         model = inputs.model
+        first = self.fallback.score(inputs)
         rows, params = inputs.rows, inputs.for_you
         recent = viewed_rows(inputs.catalog, inputs.shopper)[: params.session_n_recent]
         if model is None or model.ranker is None or model.neighbours is None or not (recent >= 0).any():
-            # no ranker, or nothing the ranker learned from (it learned from recent views): first stage
-            return self.fallback.score(inputs)
-        session = np.zeros(rows.size, np.float64)
-        if recent.size:
-            cand, scores = session_scores(model.neighbours, recent, n_recent=params.session_n_recent,
-                                          recency_decay=params.session_recency_decay,
-                                          repeat_weight=params.repeat_weight(model))
-            if scores.size:
-                session = gather(rows, cand, scores / scores[0])
+            return first
+        cand, scores = session_scores(model.neighbours, recent, n_recent=params.session_n_recent,
+                                      recency_decay=params.session_recency_decay,
+                                      repeat_weight=params.repeat_weight(model))
+        if not scores.size:
+            return first
+        session = gather(rows, cand, scores / scores[0])
+        retrieved = np.flatnonzero(session > 0)
+        if not retrieved.size:
+            return first
+        retrieved = retrieved[np.argsort(-session[retrieved], kind="stable")][:RANKER_CANDIDATES]
         vector = for_you_query_vector(model, inputs.catalog.rows(inputs.shopper.recent),
                                       inputs.catalog.rows(inputs.shopper.purchased), params)
-        first_order = np.argsort(-session, kind="stable")   # ties keep the caller's order
-        pred, x = _predict(model.ranker, model, inputs.catalog, rows[first_order], session[first_order], recent,
+        pred, _ = _predict(model.ranker, model, inputs.catalog, rows[retrieved], session[retrieved], recent,
                            vector, inputs.shopper.budget)
-        low, high = float(pred.min()), float(pred.max())
-        scaled = (pred - low) / (high - low) if high > low else np.zeros_like(pred)
-        scores = np.empty(rows.size, np.float32)
-        # the caller's order breaks ties (a list the ranker cannot tell apart stays as it came)
-        scores[first_order] = 1.0 + scaled
-        scores += (1e-3 * (rows.size - np.arange(rows.size)) / rows.size).astype(np.float32)
-        personal = np.empty(rows.size, bool)
-        personal[first_order] = ((x[:, _VIEW_COUNT] > 0) | (x[:, _SIMILARITY] >= RANK_PERSONAL_MIN_SIMILARITY))
-        return ListScores(scores, personal | (session > 0))
+        out = first.scores.copy()
+        top = float(out.max(initial=0.0))
+        order = np.argsort(-pred, kind="stable")
+        # rank-based scores above every first-stage score, 1 apart from top to bottom
+        out[retrieved[order]] = (top + 1.0 + 1.0 - np.arange(order.size) / order.size).astype(np.float32)
+        personal = first.personal.copy()
+        personal[retrieved] = True
+        return ListScores(out, personal)
 
 
 def warm_up_ranker(table: Neighbours) -> None:
