@@ -103,8 +103,10 @@ class _Progress:
 def train_ranker(sessions: Sequence[np.ndarray], n_items: int, *, repeat_weight: float, recency_decay: float,
                  purchase_weight: float, category: np.ndarray | None = None, seed: int = RANKER_SEED,
                  max_cases: int = RANKER_MAX_CASES, rounds: int = RANKER_ROUNDS,
+                 early_stop: int = RANKER_EARLY_STOP,
                  show_progress: bool | None = None) -> LearnedRanker | None:
-    """A ranker learned from `sessions` (catalog rows, oldest first), or None when they are too few."""
+    """A ranker learned from `sessions` (catalog rows, oldest first), or None when they are too few.
+    `early_stop` 0: all `rounds` trees (benchmarks: the largest model predict must afford)."""
     started = time.perf_counter()
     sessions = [np.asarray(s, np.int64) for s in sessions if len(s) >= 1]
     older, held = split(sessions, RANKER_VALIDATION_FRACTION)
@@ -132,8 +134,8 @@ def train_ranker(sessions: Sequence[np.ndarray], n_items: int, *, repeat_weight:
     evals: dict[str, Any] = {}
     try:
         booster = lgb.train(params, train, num_boost_round=rounds, valid_sets=[valid], valid_names=["valid"],
-                            callbacks=[progress, lgb.early_stopping(RANKER_EARLY_STOP, verbose=False),
-                                       lgb.record_evaluation(evals)])
+                            callbacks=[progress, lgb.record_evaluation(evals),
+                                       *([lgb.early_stopping(early_stop, verbose=False)] if early_stop else [])])
     finally:
         progress.bar.close()
     ndcg = evals.get("valid", {}).get("ndcg@20", [0.0])
