@@ -105,6 +105,9 @@ def user_signals(profile: common_pb2.Profile) -> recommend_pb2.UserSignals:
     return recommend_pb2.UserSignals(
         user_id=profile.user_id,
         recent_product_ids=profile.recently_viewed[:limits.MAX_SIGNAL_RECENT],
+        # views per recent product (the ranker's re-view signal); sent only when parallel, as Recommend checks
+        recent_view_counts=(profile.recently_viewed_counts[:limits.MAX_SIGNAL_RECENT]
+                            if len(profile.recently_viewed_counts) == len(profile.recently_viewed) else []),
         purchased_product_ids=profile.purchased_product_ids[:limits.MAX_SIGNAL_PURCHASED],
         category_affinity=affinities,
         budget=budget,
