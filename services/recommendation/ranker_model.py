@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import lightgbm as lgb
 import numpy as np
 from tqdm import tqdm
 
@@ -34,6 +33,14 @@ from scoring.ranking.features import FEATURES
 from scoring.session_knn import build_neighbours
 
 log = logging.getLogger(__name__)
+
+try:  # LightGBM's wheel links the system OpenMP (libgomp1); without it the service serves the first stage
+    import lightgbm as lgb
+except (ImportError, OSError) as err:  # pragma: no cover - depends on the image
+    lgb = None  # type: ignore[assignment]
+    LIGHTGBM_ERROR = f"{type(err).__name__}: {err}"
+else:
+    LIGHTGBM_ERROR = ""
 
 RANKER_FILE = "ranker.txt"
 RANKER_STATS_FILE = "ranker_stats.npz"
@@ -56,7 +63,7 @@ RANKER_PARAMS: dict[str, Any] = {
 
 @dataclass(frozen=True)
 class LearnedRanker:
-    booster: lgb.Booster
+    booster: Any   # lightgbm.Booster
     stats: ItemStats                 # over catalog rows
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -76,6 +83,9 @@ class LearnedRanker:
 def load_ranker(directory: Path, row_of: dict[str, int], n_catalog: int) -> LearnedRanker | None:
     """The ranker saved beside a model, its statistics on the current catalog rows; None without one."""
     if not (directory / RANKER_FILE).is_file():
+        return None
+    if lgb is None:
+        log.warning("the model has a ranker but lightgbm cannot load (%s): first stage only", LIGHTGBM_ERROR)
         return None
     booster = lgb.Booster(model_file=str(directory / RANKER_FILE))
     with np.load(directory / RANKER_STATS_FILE) as f:
@@ -107,6 +117,9 @@ def train_ranker(sessions: Sequence[np.ndarray], n_items: int, *, repeat_weight:
                  show_progress: bool | None = None) -> LearnedRanker | None:
     """A ranker learned from `sessions` (catalog rows, oldest first), or None when they are too few.
     `early_stop` 0: all `rounds` trees (benchmarks: the largest model predict must afford)."""
+    if lgb is None:
+        log.warning("no ranker: lightgbm cannot load (%s)", LIGHTGBM_ERROR)
+        return None
     started = time.perf_counter()
     sessions = [np.asarray(s, np.int64) for s in sessions if len(s) >= 1]
     older, held = split(sessions, RANKER_VALIDATION_FRACTION)
