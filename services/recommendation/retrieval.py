@@ -29,6 +29,7 @@ from services.recommendation.candidates import (
 from services.recommendation.catalog import Catalog
 from services.recommendation.config import MAX_CANDIDATES, MAX_RECENT_IDS, TOGETHER_SCORE_BASE, UPSELL_SCAN_MAX
 from services.recommendation.model import Model
+from services.recommendation.second_stage import second_stage
 from services.recommendation.signals import Signals
 from services.recommendation.trending import Trending
 
@@ -152,7 +153,6 @@ class Retrieval:
                 if params.session_neighbours else Candidates.empty())
         vector = for_you_query_vector(model, recent, purchased, params)
         if params.second_stage and model.ranker is not None:
-            from services.recommendation.ranker import second_stage  # ranker.py imports this module
             head = second_stage(model, self.catalog, s, vector, head, params)
         if not vector.any():
             return lambda n: head

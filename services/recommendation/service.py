@@ -54,8 +54,9 @@ from services.recommendation.feed import EventSignals, ObserveResult, SignalFeed
 from services.recommendation.model import Model, ModelStore, assemble, new_version
 from services.recommendation.query import RankQuery
 from services.recommendation.rank import ListRanker
-from services.recommendation.ranker import LearnedScorer, warm_up_ranker
+from services.recommendation.ranker import LearnedScorer
 from services.recommendation.ranker_model import train_ranker
+from services.recommendation.second_stage import warm_up_ranker
 from services.recommendation.signals import SNAPSHOT_FILE, Signals
 from services.recommendation.store import SignalStore
 from services.recommendation.training import SESSION_EVENT_TYPES, Trained, sessions_from_events, train_model

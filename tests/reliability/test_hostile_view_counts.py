@@ -1,7 +1,7 @@
 """Rank with a hostile `recent_view_counts` (2^31 - 1 views) answers at once. Found by the fuzzer:
 the learned second stage repeated each viewed row by its count with np.repeat, allocating
 billions of rows and stopping the recommendation service's event loop for over a minute (every
-call in flight then missed its deadline). The repeat is capped (ranker.MAX_VIEW_REPEATS)."""
+call in flight then missed its deadline). The repeat is capped (second_stage.MAX_VIEW_REPEATS)."""
 
 from __future__ import annotations
 
