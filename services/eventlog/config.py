@@ -22,3 +22,5 @@ FETCH_BATCH = 1000
 FETCH_WAIT_SECONDS = 0.5
 # How long a read waits (at most) for its shard to apply a Track's position.
 READ_WAIT_SECONDS = 2.0
+# Pause before a shard retries a failed fetch (NATS node lost) or a failed fold (disk full).
+RETRY_SECONDS = 0.5

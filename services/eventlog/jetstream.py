@@ -151,5 +151,5 @@ async def fetch(sub: JetStreamContext.PullSubscription, batch: int) -> list[Msg]
     pull consumer: the server answers as soon as messages arrive)."""
     try:
         return await sub.fetch(batch, timeout=C.FETCH_WAIT_SECONDS)
-    except nats.errors.TimeoutError:
+    except (TimeoutError, nats.errors.TimeoutError):  # nats-py raises either
         return []

@@ -313,10 +313,13 @@ class LmdbProfileStore:
         return item
 
     # -------------------------------------------------------------------------------- writes
-    def apply_events(self, events: Sequence[common_pb2.Event], now_ms: int) -> list[TrackResult]:
+    def apply_events(self, events: Sequence[common_pb2.Event], now_ms: int,
+                     meta: Mapping[bytes, bytes] | None = None) -> list[TrackResult]:
         """Fold validated events into their profiles, append them to the log (the feed), index
         them per shopper and remember their event_ids, all in one transaction (group commit).
-        Duplicates are skipped. The hot path of ingest: written for few Python operations."""
+        Duplicates are skipped. The hot path of ingest: written for few Python operations.
+        `meta` rows are written in the same transaction (a scale-out shard's stream cursor,
+        services/eventlog/shard.py, so fold and cursor commit together)."""
         results: list[TrackResult] = []
         cache: dict[bytes, list[Any]] = {}
         resolved: dict[str, tuple[bytes, bytes, str]] = {}  # user_id -> (profile id, its key prefix, as str)
@@ -363,6 +366,8 @@ class LmdbProfileStore:
                 put(user, state.SerializeToString(), db=self.profiles)
                 changes.append((old, fold.rfm_key(state.profile)))
             w.rfm(changes)
+            for key, value in (meta or {}).items():
+                put(key, value, db=self.meta)
         return results
 
     def set_consent(self, user_id: str, consent: common_pb2.Consent, now_ms: int) -> profile_pb2.StoredProfile:

@@ -9,13 +9,13 @@ from services.profile.store import LmdbProfileStore
 from vitrine.v1 import common_pb2, profile_pb2
 
 CATEGORIES = ("shoes", "bags", "hats")
+BASE_MS = int(time.time() * 1000) - 10_000_000  # fixed per run: event(i) is the same event each call
 
 
 def event(i: int, users: int = 7) -> common_pb2.Event:
-    now = int(time.time() * 1000)
     kind = (common_pb2.PRODUCT_VIEW, common_pb2.ADD_TO_CART, common_pb2.PURCHASE)[i % 3]
     e = common_pb2.Event(event_id=f"e{i}", user_id=f"shopper-{i % users}", session_id=f"s{i // 20}", type=kind,
-                         timestamp_ms=now - 10_000_000 + i * 1000, product_id=f"p{i % 11}",
+                         timestamp_ms=BASE_MS + i * 1000, product_id=f"p{i % 11}",
                          category=CATEGORIES[i % 3])
     if kind == common_pb2.PURCHASE:
         e.price, e.order_id = 10.0 + i % 5, f"o{i}"
