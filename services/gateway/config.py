@@ -44,6 +44,10 @@ MAX_SIGNAL_AFFINITIES = 50       # strongest categories only
 TRENDING_SIZE = 100              # items kept per list (placements take their k after filtering)
 TRENDING_CATEGORY_LISTS = 256    # per-category lists kept (LRU)
 TRENDING_CALL_TIMEOUT_S = 2.0
+# While the global list is still empty (a gateway started before the catalog or the trending signals)
+# it is refreshed this often instead of every trending_refresh_seconds: the fallback must not stay
+# empty for a whole refresh period.
+TRENDING_EMPTY_REFRESH_S = 1.0
 
 # Alias cache of the shard router (anonymous id -> customer id after a cross-shard Identify).
 ALIAS_CACHE_SIZE = 100_000

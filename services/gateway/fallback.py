@@ -101,7 +101,9 @@ class TrendingCache:
             except Exception:  # the refresher must outlive any surprise; the old lists stay
                 TRENDING_REFRESHES.labels("error").inc()
                 log.exception("trending refresh failed")
-            await asyncio.sleep(self._refresh_seconds)
+            cold = not self.global_items
+            await asyncio.sleep(min(self._refresh_seconds, limits.TRENDING_EMPTY_REFRESH_S) if cold
+                                else self._refresh_seconds)
 
     def start(self) -> None:
         if self._task is None:
@@ -143,8 +145,10 @@ class TrendingCache:
 
     def items(self, k: int, constraints: recommend_pb2.Constraints,
               exclude: Sequence[str] = ()) -> list[recommend_pb2.ScoredProduct]:
-        """Up to k warm trending items that pass the cheap part of `constraints`."""
-        source = self.global_items
+        """Up to k warm trending items that pass the cheap part of `constraints`: the category's
+        list first when one category is asked for, then the global list (an empty or short category
+        list must not leave the placement empty; `_passes` still applies the category filter)."""
+        sources = [self.global_items]
         if len(constraints.include_categories) == 1:
             category = constraints.include_categories[0]
             scoped = self._by_category.get(category)
@@ -152,12 +156,14 @@ class TrendingCache:
                 self._want(category)
             else:
                 self._by_category.move_to_end(category)
-                source = scoped
-        excluded = frozenset((*constraints.exclude_product_ids, *exclude))
+                sources.insert(0, scoped)
+        excluded = set((*constraints.exclude_product_ids, *exclude))
         picked: list[recommend_pb2.ScoredProduct] = []
-        for item in source:
-            if _passes(item, constraints, excluded):
-                picked.append(item)
-                if len(picked) >= k:
-                    break
+        for source in sources:
+            for item in source:
+                if _passes(item, constraints, excluded):
+                    picked.append(item)
+                    excluded.add(item.product_id)  # an item on both lists is picked once
+                    if len(picked) >= k:
+                        return picked
         return picked
