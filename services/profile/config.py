@@ -92,3 +92,15 @@ class ProfileConfig(ServerConfig):
         default=True,
         metadata={"help": "fold and commit events in a separate writer process (uses a second core)"},
     )
+    # Scale-out mode (issue 17): JetStream is the system of record, this LMDB a rebuildable state store.
+    event_log: str = dataclasses.field(
+        default="", metadata={"help": "nats://host:port[,..]: scale-out mode with the event log in NATS "
+                                      "JetStream (empty = the embedded LMDB log)"})
+    shard_index: int = dataclasses.field(
+        default=0, metadata={"help": "scale-out: this profile shard's index in [0, shard-count)"})
+    shard_count: int = dataclasses.field(
+        default=1, metadata={"help": "scale-out: number of profile shards (partition p -> shard p % count)"})
+    event_log_partitions: int = dataclasses.field(
+        default=16, metadata={"help": "scale-out: partitions of the stream (fixed for its life)"})
+    event_log_replicas: int = dataclasses.field(
+        default=1, metadata={"help": "scale-out: replicas of the stream (3 on a NATS cluster)"})
