@@ -4,17 +4,14 @@ LMDB transaction (feed.py), so a restart resumes exactly after the last committe
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
 
 from services.common.channel import channel_for
-from services.common.follow import FatalFollowError, Follower
+from services.common.follow import Follower, FollowerGroup
 from services.journeys import config as C
 from services.journeys.config import JourneysConfig
 from services.journeys.engine import JourneyEngine
 from vitrine.v1 import profile_pb2, profile_pb2_grpc, recommend_pb2, recommend_pb2_grpc
-
-log = logging.getLogger(__name__)
 
 
 class _Cursor:
@@ -30,13 +27,13 @@ def _items(batch: profile_pb2.LoggedEventBatch) -> Sequence[profile_pb2.LoggedEv
     return batch.items
 
 
-class Feeds:
+class Feeds(FollowerGroup):
     def __init__(self, engine: JourneyEngine, config: JourneysConfig) -> None:
-        self._channels = []
+        super().__init__("journeys feed")
         self.event_followers: list[Follower[profile_pb2.LoggedEvent]] = []
         for source, address in enumerate(config.profile_targets()):
             channel = channel_for(address, config)
-            self._channels.append(channel)
+            self.channels.append(channel)
             stub = profile_pb2_grpc.ProfileServiceStub(channel)
 
             def open_events(seq: int, stub: profile_pb2_grpc.ProfileServiceStub = stub) -> object:
@@ -55,7 +52,7 @@ class Feeds:
                 _Cursor(load),
                 on_batch=apply, time_of=_event_time, max_batch=C.FEED_BATCH, items_of=_items))
         channel = channel_for(config.recommendation_address, config)
-        self._channels.append(channel)
+        self.channels.append(channel)
         catalog = recommend_pb2_grpc.RecommendServiceStub(channel)
 
         async def apply_catalog(items: Sequence[recommend_pb2.CatalogChange]) -> None:
@@ -67,20 +64,4 @@ class Feeds:
         self.catalog_follower: Follower[recommend_pb2.CatalogChange] = Follower(
             "journeys-catalog", open_catalog, _Cursor(engine.catalog_cursor), on_batch=apply_catalog,
             time_of=lambda change: change.changed_ms, max_batch=C.FEED_BATCH)
-
-    @property
-    def followers(self) -> list[Follower[profile_pb2.LoggedEvent] | Follower[recommend_pb2.CatalogChange]]:
-        return [*self.event_followers, self.catalog_follower]
-
-    def start(self) -> None:
-        for follower in self.followers:
-            follower.start()
-
-    async def stop(self) -> None:
-        for follower in self.followers:
-            try:
-                await follower.stop()
-            except FatalFollowError as exc:   # logged by the follower when it stopped
-                log.warning("journeys feed had stopped: %s", exc)
-        for channel in self._channels:
-            await channel.close()
+        self.followers.extend([*self.event_followers, self.catalog_follower])

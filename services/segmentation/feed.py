@@ -8,16 +8,13 @@ restarts and reconnects)."""
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Sequence
 
 from services.common.channel import channel_for
 from services.common.config import ServerConfig
-from services.common.follow import FatalFollowError, Follower
+from services.common.follow import Follower, FollowerGroup
 from services.segmentation.results import ExperimentResults
 from vitrine.v1 import profile_pb2, profile_pb2_grpc
-
-log = logging.getLogger(__name__)
 
 FEED_NAME = "segmentation-experiments"
 
@@ -41,15 +38,14 @@ def _items_of(batch: profile_pb2.LoggedEventBatch) -> Sequence[profile_pb2.Logge
     return batch.items
 
 
-class ResultsFeed:
+class ResultsFeed(FollowerGroup):
     """Followers of every profile shard feeding one ExperimentResults."""
 
     def __init__(self, results: ExperimentResults, addresses: Sequence[str], config: ServerConfig,
                  batch: int) -> None:
+        super().__init__("results feed", [channel_for(a, config) for a in addresses])
         self.results = results
-        self._channels = [channel_for(a, config) for a in addresses]
-        self.followers: list[Follower[profile_pb2.LoggedEvent]] = []
-        for i, channel in enumerate(self._channels):
+        for i, channel in enumerate(self.channels):
             stub = profile_pb2_grpc.ProfileServiceStub(channel)
             source = str(i)   # the shard's place in profile_addresses
 
@@ -63,19 +59,6 @@ class ResultsFeed:
             self.followers.append(Follower(f"{FEED_NAME}-{i}", open_stream, _ShardCursor(results, source),
                                            on_batch=apply, time_of=_time_of, max_batch=batch,
                                            items_of=_items_of))
-
-    def start(self) -> None:
-        for follower in self.followers:
-            follower.start()
-
-    async def stop(self) -> None:
-        for follower in self.followers:
-            try:
-                await follower.stop()
-            except FatalFollowError as exc:  # already logged by the follower when it stopped
-                log.warning("results feed had stopped: %s", exc)
-        for channel in self._channels:
-            await channel.close()
 
     async def wait_for(self, cursors: Sequence[int], seconds: float) -> None:
         """Until shard i's items below cursors[i] are applied (tests, the simulator)."""
