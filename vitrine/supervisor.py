@@ -57,6 +57,14 @@ class SuiteLayout:
     auth_token: str = ""
     host: str = "127.0.0.1"
     metrics_base_port: int = -1  # -1: no /metrics endpoints
+    # Scale-out mode (issue 17): the profile shards' event log in NATS JetStream ("" = embedded).
+    event_log: str = ""
+    event_log_partitions: int = 16
+
+    def scale_out_flags(self) -> list[str]:
+        if not self.event_log:
+            return []
+        return ["--event-log", self.event_log, "--event-log-partitions", str(self.event_log_partitions)]
 
     def profile_ports(self) -> list[int]:
         return [self.ports["profile"] + i * SHARD_PORT_STEP for i in range(self.profile_shards)]
@@ -94,7 +102,7 @@ def _backend_flags(layout: SuiteLayout) -> list[str]:
 
 
 def _gateway_flags(layout: SuiteLayout) -> list[str]:
-    return ["--profile-addresses", _profiles(layout),
+    return ["--profile-addresses", _profiles(layout), *layout.scale_out_flags(),
             "--segmentation-address", layout.address("segmentation"),
             "--recommendation-address", layout.address("recommendation")]
 
@@ -196,6 +204,8 @@ def plan(layout: SuiteLayout, services: Sequence[ServiceSpec] | None = None) -> 
                 children.append(Child(name, f"{layout.host}:{port}", [
                     *python, spec.module, *common, "--port", str(port),
                     "--data-dir", str(layout.profile_data_dir(shard)), *spec.flags(layout), *metrics_flag(),
+                    *(["--shard-index", str(shard), "--shard-count", str(layout.profile_shards),
+                       *layout.scale_out_flags()] if layout.event_log else []),
                 ], logs / f"{name}.log", spec.health, spec.health_path))
             continue
         port = layout.ports.get(spec.name, spec.default_port)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 
 import nats
 import nats.errors
@@ -120,15 +120,22 @@ class JetStreamLog:
         info = await self.js.stream_info(self.settings.stream)
         return int(info.state.last_seq)
 
-    async def follow(self, from_seq: int, partition: int | None = None,
-                     batch: int = C.FETCH_BATCH) -> AsyncIterator[list[profile_pb2.LoggedEvent]]:
-        """An ephemeral pull consumer from `from_seq` (no acks: the reader keeps its cursor)."""
+    async def follow(self, from_seq: int, partition: int | None = None, batch: int = C.FETCH_BATCH,
+                     owned: Collection[int] | None = None) -> AsyncIterator[list[profile_pb2.LoggedEvent]]:
+        """An ephemeral pull consumer from `from_seq` (no acks: the reader keeps its cursor).
+        `owned`: only items of these partitions, in stream order (filtered here by the subject's
+        partition token: nats-server 2.9 has no multi-subject filter, and one consumer keeps the
+        stream order, so the reader's cursor stays a stream seq)."""
         s = self.settings
         subject = f"{s.prefix}.>" if partition is None else partition_filter(partition, s.prefix)
         sub = await self.js.pull_subscribe(subject, stream=s.stream, config=consumer_config(from_seq, subject))
+        wanted = None if owned is None else {str(p) for p in owned}
+        start = len(s.prefix) + 1
         try:
             while True:
                 msgs = await fetch(sub, batch)
+                if wanted is not None:
+                    msgs = [m for m in msgs if m.subject[start:].split(".", 1)[0] in wanted]
                 if msgs:
                     yield [decode(m.data, m.metadata.sequence.stream) for m in msgs]
         finally:

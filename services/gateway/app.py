@@ -72,7 +72,8 @@ class GatewayService:
             self.router = ProfileRouter(self.backends.profile_shards)
             segments, recommend = self.backends.segments, self.backends.recommend
         else:
-            self.router = ProfileRouter.open(config.profile_shards, config, tls=tls)
+            self.router = ProfileRouter.open(config.profile_shards, config, tls=tls,
+                                             partitions=config.event_log_partitions if config.event_log else 0)
             segmentation = channel_for(config.segmentation_address, config, tls=tls)
             recommendation = channel_for(config.recommendation_address, config, tls=tls)
             self._channels = [segmentation, recommendation]

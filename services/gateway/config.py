@@ -104,6 +104,12 @@ class GatewayConfig(ServerConfig):
     reuse_port: bool = dataclasses.field(
         default=False, metadata={"help": "set SO_REUSEPORT on the listening socket (implied by --processes > 1)"})
 
+    event_log: str = dataclasses.field(
+        default="", metadata={"help": "the profile shards' event log (nats://...: scale-out mode, where a shopper "
+                                      "is routed to the shard owning their stream partition)"})
+    event_log_partitions: int = dataclasses.field(
+        default=16, metadata={"help": "scale-out: partitions of the event stream (as the profile shards)"})
+
     @property
     def profile_shards(self) -> tuple[str, ...]:
         return tuple(a.strip() for a in self.profile_addresses.split(",") if a.strip())

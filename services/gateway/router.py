@@ -28,6 +28,7 @@ import grpc
 from services.common.channel import channel_for
 from services.common.config import ServerConfig
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from services.eventlog.partitions import partition_of
 from services.gateway import config as limits
 from services.gateway.metrics import ALIAS_LOOKUPS, CROSS_SHARD_IDENTIFY
 from vitrine.v1 import common_pb2, profile_pb2, profile_pb2_grpc
@@ -99,18 +100,24 @@ def _not_found(err: grpc.aio.AioRpcError) -> bool:
 class ProfileRouter:
     """Routes profile calls to shards; `stubs[i]` is shard i's ProfileService stub."""
 
-    def __init__(self, stubs: Sequence[Any], *, channels: Sequence[grpc.aio.Channel] = ()) -> None:
+    def __init__(self, stubs: Sequence[Any], *, channels: Sequence[grpc.aio.Channel] = (),
+                 partitions: int = 0) -> None:
         if not stubs:
             raise ValueError("at least one profile shard is needed")
         self.stubs = list(stubs)
+        # Scale-out mode (event log in JetStream): shard i owns the stream partitions p with
+        # p % shards == i (services/eventlog/partitions.py), so route by partition, not by jump hash.
+        self.partitions = partitions
         self._channels = list(channels)
         self.aliases = _AliasCache(limits.ALIAS_CACHE_SIZE, limits.ALIAS_NEGATIVE_TTL_S)
         self._resolve_unimplemented = False
 
     @classmethod
-    def open(cls, addresses: Sequence[str], config: ServerConfig, *, tls: bool = False) -> ProfileRouter:
+    def open(cls, addresses: Sequence[str], config: ServerConfig, *, tls: bool = False,
+             partitions: int = 0) -> ProfileRouter:
         channels = [channel_for(address, config, tls=tls) for address in addresses]
-        return cls([profile_pb2_grpc.ProfileServiceStub(c) for c in channels], channels=channels)
+        return cls([profile_pb2_grpc.ProfileServiceStub(c) for c in channels], channels=channels,
+                   partitions=partitions)
 
     async def close(self) -> None:
         for channel in self._channels:
@@ -123,6 +130,8 @@ class ProfileRouter:
     def shard_for(self, user_id: str) -> int:
         if len(self.stubs) == 1:
             return 0
+        if self.partitions:
+            return partition_of(user_id, self.partitions) % len(self.stubs)
         return jump_hash(stable_key(user_id), len(self.stubs))
 
     def _stub(self, user_id: str) -> Any:
@@ -159,11 +168,13 @@ class ProfileRouter:
 
     # --- reads -----------------------------------------------------------------------------
 
-    async def get_profile(self, user_id: str, seconds: float) -> common_pb2.Profile | None:
-        """The profile of `user_id` (following aliases), None when unknown; other errors raise."""
+    async def get_profile(self, user_id: str, seconds: float, min_seq: int = 0) -> common_pb2.Profile | None:
+        """The profile of `user_id` (following aliases), None when unknown; other errors raise.
+        `min_seq` (scale-out): the shard waits, bounded, until it has applied that position."""
         if len(self.stubs) == 1:
             try:
-                return await self.stubs[0].GetProfile(profile_pb2.GetProfileRequest(user_id=user_id),
+                return await self.stubs[0].GetProfile(profile_pb2.GetProfileRequest(user_id=user_id,
+                                                                                    min_seq=min_seq),
                                                       timeout=seconds)
             except grpc.aio.AioRpcError as err:
                 if _not_found(err):
@@ -174,7 +185,8 @@ class ProfileRouter:
         cached = self.aliases.get(user_id)  # None: not known, "": no alias, else the target
         target = cached or user_id
         try:
-            return await self._stub(target).GetProfile(profile_pb2.GetProfileRequest(user_id=target),
+            return await self._stub(target).GetProfile(profile_pb2.GetProfileRequest(user_id=target,
+                                                                                     min_seq=min_seq),
                                                        timeout=seconds)
         except grpc.aio.AioRpcError as err:
             if not _not_found(err):
@@ -311,9 +323,9 @@ class ProfileRouter:
         await asyncio.gather(*(one(u) for u in ask))
         return targets, unresolved
 
-    async def get_profile_or_raise(self, user_id: str,
-                                   seconds: float = limits.PROFILE_CALL_TIMEOUT_S) -> common_pb2.Profile:
-        profile = await self.get_profile(user_id, seconds)
+    async def get_profile_or_raise(self, user_id: str, seconds: float = limits.PROFILE_CALL_TIMEOUT_S,
+                                   min_seq: int = 0) -> common_pb2.Profile:
+        profile = await self.get_profile(user_id, seconds, min_seq)
         if profile is None:
             raise NotFound(f"no profile for user {user_id!r}")
         return profile

@@ -56,7 +56,7 @@ class PersonalizationServicer(gateway_pb2_grpc.PersonalizationServiceServicer):
 
     async def GetProfile(self, request: profile_pb2.GetProfileRequest,
                          context: grpc.aio.ServicerContext) -> common_pb2.Profile:
-        return await _forward(self.router.get_profile_or_raise(request.user_id), context)
+        return await _forward(self.router.get_profile_or_raise(request.user_id, min_seq=request.min_seq), context)
 
     async def SetConsent(self, request: profile_pb2.SetConsentRequest,
                          context: grpc.aio.ServicerContext) -> common_pb2.Profile:

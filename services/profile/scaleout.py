@@ -157,6 +157,9 @@ class ScaleOutProfile:
         return self.engine.get_profile(user_id)
 
     async def follow_event_batches(self, from_seq: int) -> AsyncIterator[list[profile_pb2.LoggedEvent]]:
-        """The whole stream (every partition) from `from_seq`: what FollowEvents serves here."""
-        async for items in self._parts()[0].follow(max(from_seq, 0)):
+        """What FollowEvents serves on this shard: the stream's items of the partitions it owns, in
+        stream order, from `from_seq` (a stream seq). Downstream consumers follow every shard, as
+        embedded, so each item reaches them once while the shard count is fixed (a reshard gives a
+        new shard's feed the moved partitions from its cursor: see README)."""
+        async for items in self._parts()[0].follow(max(from_seq, 0), owned=self.partitions):
             yield items

@@ -41,6 +41,18 @@ async def shards(tmp_path: Path, url: str) -> AsyncIterator[list[profile_pb2_grp
         yield stubs
 
 
+async def follow(stub: profile_pb2_grpc.ProfileServiceStub, n: int) -> list[profile_pb2.LoggedEvent]:
+    """The first `n` items of a shard's FollowEvents from the start."""
+    call = stub.FollowEvents(profile_pb2.FollowEventsRequest(from_seq=0))
+    items: list[profile_pb2.LoggedEvent] = []
+    async for item in call:
+        items.append(item)
+        if len(items) == n:
+            break
+    call.cancel()
+    return items
+
+
 def owner(user_id: str) -> int:
     return partition_of(user_id, PARTITIONS) % SHARDS
 
@@ -83,22 +95,24 @@ async def test_scale_out_profile_service(nats_node: NatsNode, tmp_path: Path) ->
         await assert_status(stubs[owner(erased)].GetProfile(profile_pb2.GetProfileRequest(user_id=erased)),
                             grpc.StatusCode.NOT_FOUND)
 
-        # FollowEvents serves the stream: every kept item once, in order, the erasure included;
-        # the erased shopper's events were purged from it.
-        items: list[profile_pb2.LoggedEvent] = []
-        call = stubs[1].FollowEvents(profile_pb2.FollowEventsRequest(from_seq=0))
-        async def read() -> None:
-            async for item in call:
-                items.append(item)
-                if item.WhichOneof("item") == "erasure":
-                    return
-        await asyncio.wait_for(read(), 20)
-        call.cancel()
-        seqs = [it.seq for it in items]
-        assert seqs == sorted(set(seqs))
-        events = [it.event for it in items if it.WhichOneof("item") == "event"]
-        assert {e.event_id for e in events} == {event(i).event_id for i in range(41) if event(i).user_id != erased}
-        assert items[-1].erasure.user_id == erased
+        # FollowEvents on each shard serves the stream's items of its partitions, in stream order,
+        # the erasure included (the erased shopper's events were purged from the stream): across
+        # the shards every kept item exactly once.
+        kept = {event(i).event_id for i in range(41) if event(i).user_id != erased}
+        seen: list[str] = []
+        for shard, stub in enumerate(stubs):
+            expected = {event(i).event_id for i in range(41)
+                        if event(i).event_id in kept and owner(event(i).user_id) == shard}
+            want = len(expected) + (owner(erased) == shard)
+            items = await asyncio.wait_for(follow(stub, want), 20)
+            seqs = [it.seq for it in items]
+            assert seqs == sorted(set(seqs))
+            assert {it.event.event_id for it in items if it.WhichOneof("item") == "event"} == expected
+            assert all(owner(it.canonical_user_id) == shard for it in items)
+            if owner(erased) == shard:
+                assert items[-1].erasure.user_id == erased
+            seen += [it.event.event_id for it in items if it.WhichOneof("item") == "event"]
+        assert sorted(seen) == sorted(kept)
 
         # Writes this mode cannot keep yet are refused, not silently lost on a rebuild.
         await assert_status(stubs[0].Identify(profile_pb2.IdentifyRequest(anonymous_id="a", customer_id="c")),

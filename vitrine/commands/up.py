@@ -38,8 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", default=os.environ.get("VITRINE_DATA_DIR", "./data"),
                         help="where every service keeps its files (env VITRINE_DATA_DIR; default ./data)")
     parser.add_argument("--no-demo", action="store_true", help="start empty: do not load the demo store")
-    parser.add_argument("--profile-shards", type=int, default=_env_int("VITRINE_PROFILE_SHARDS", 1),
-                        help="number of profile shards (processes), routed by the gateway (default 1)")
+    parser.add_argument("--profile-shards", type=int, default=_env_int("VITRINE_PROFILE_SHARDS", 0),
+                        help="number of profile shards (processes), routed by the gateway (default 1; 2 with "
+                             "--event-log)")
     for name, port in DEFAULT_PORTS.items():
         env = f"VITRINE_{name.upper()}_PORT"
         parser.add_argument(f"--{name}-port", type=int, default=_env_int(env, port),
@@ -50,6 +51,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="serve /metrics on consecutive ports from here (default off)")
     parser.add_argument("--demo-shoppers", type=int, default=None, help="demo store size (default: the preset)")
     parser.add_argument("--demo-products", type=int, default=None, help="demo store size (default: the preset)")
+    parser.add_argument("--event-log", default=os.environ.get("VITRINE_EVENT_LOG", ""),
+                        help="nats://host:port[,..] of a running nats-server with JetStream: scale-out mode, the "
+                             "event log in JetStream, profile shards as state stores (env VITRINE_EVENT_LOG; "
+                             "implies --profile-shards 2 unless given, and separate processes; no demo store)")
+    parser.add_argument("--event-log-partitions", type=int, default=_env_int("VITRINE_EVENT_LOG_PARTITIONS", 16),
+                        help="scale-out: partitions of the event stream (env VITRINE_EVENT_LOG_PARTITIONS; "
+                             "fixed for the stream's life; default 16)")
     parser.add_argument("--separate-processes", action="store_true",
                         default=os.environ.get("VITRINE_SEPARATE_PROCESSES", "") not in ("", "0"),
                         help="one process per service (env VITRINE_SEPARATE_PROCESSES); default: profile, "
@@ -85,19 +93,27 @@ def _load_demo(layout: SuiteLayout, args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not args.profile_shards:
+        args.profile_shards = 2 if args.event_log else 1
     if args.profile_shards < 1:
         print("--profile-shards must be at least 1", file=sys.stderr)
         return 2
     data_dir = Path(args.data_dir).resolve()
-    load = not args.no_demo and is_empty_data_dir(data_dir)
+    # The demo loader writes profiles directly (ImportProfile, SetConsent), which scale-out mode refuses.
+    load = not args.no_demo and not args.event_log and is_empty_data_dir(data_dir)
+    if args.event_log and not args.no_demo:
+        print("scale-out mode (--event-log): the demo store is not loaded; send events through the gateway",
+              file=sys.stderr)
     layout = SuiteLayout(
         data_dir=data_dir,
         ports={name: getattr(args, f"{name}_port") for name in DEFAULT_PORTS},
         profile_shards=args.profile_shards,
         auth_token=args.auth_token,
         metrics_base_port=args.metrics_base_port,
+        event_log=args.event_log,
+        event_log_partitions=args.event_log_partitions,
     )
-    shared = not args.separate_processes and args.profile_shards == 1
+    shared = not args.separate_processes and args.profile_shards == 1 and not args.event_log
     suite = Suite(layout, services=SHARED_SERVICES if shared else None)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
