@@ -4,9 +4,7 @@ between and during batches (through real servers)."""
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import signal
 from pathlib import Path
 
 import grpc
@@ -15,10 +13,8 @@ import pytest
 from services.profile import config as C
 from tests.profile.conftest import Profiles
 from tests.profile.helpers import ET, ev, now_ms
-from tests.profile.test_crash import READY_S, start_server, verify
+from tests.profile.restarts import serving_process, sigkill_under_load, verify
 from tests.support import assert_status
-from vitrine.health import wait_serving_async
-from vitrine.ports import free_port
 from vitrine.v1 import profile_pb2, profile_pb2_grpc
 
 pb = profile_pb2
@@ -99,24 +95,13 @@ async def _sigkill_loop(tmp_path: Path, iterations: int) -> None:
     rng = random.Random(20261203 + iterations)
     acked: set[str] = set()
     for iteration in range(iterations + 1):
-        port = free_port()
-        proc = start_server(tmp_path, port)
-        try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                stub = profile_pb2_grpc.ProfileServiceStub(channel)
-                await wait_serving_async(channel, READY_S, process=proc)
-                assert await verify(stub, acked) >= len(acked)
-                if iteration == iterations:
-                    break
-                workers = [asyncio.create_task(_send_batches(stub, acked, w, iteration, rng)) for w in range(2)]
-                await asyncio.sleep(rng.uniform(0.2, 0.6))  # the kill lands between or inside batches
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(10)
-                await asyncio.wait_for(asyncio.gather(*workers), 20)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
+        async with serving_process(tmp_path) as (proc, stub):
+            assert await verify(stub, acked) >= len(acked)
+            if iteration == iterations:
+                break
+            workers = [asyncio.create_task(_send_batches(stub, acked, w, iteration, rng)) for w in range(2)]
+            # the kill lands between or inside batches
+            await sigkill_under_load(proc, workers, rng.uniform(0.2, 0.6), 20)
     assert len(acked) > iterations * 100, f"too few events were acknowledged ({len(acked)}) to mean anything"
 
 

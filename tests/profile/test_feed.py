@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 import random
-import signal
 from pathlib import Path
 
 import grpc
@@ -14,10 +12,8 @@ import grpc
 from services.profile.store import LmdbProfileStore
 from tests.profile.conftest import Profiles, make_service
 from tests.profile.helpers import DAY_MS, ET, ev, now_ms
-from tests.profile.test_crash import READY_S, start_server
+from tests.profile.restarts import serving_process, sigkill_under_load
 from tests.support import assert_status, channel_to, serving
-from vitrine.health import wait_serving_async
-from vitrine.ports import free_port
 from vitrine.v1 import common_pb2, profile_pb2, profile_pb2_grpc
 
 pb = profile_pb2
@@ -227,42 +223,31 @@ async def test_sigkill_keeps_every_acknowledged_event_in_the_feed_exactly_once(t
     iterations = 3
     last_seq = 0
     for iteration in range(iterations + 1):
-        port = free_port()
-        proc = start_server(tmp_path, port)
-        try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                stub = profile_pb2_grpc.ProfileServiceStub(channel)
-                await wait_serving_async(channel, READY_S, process=proc)
-                probe = await stub.Track(pb.TrackRequest(event=ev(ET.PAGE_VIEW, user="probe",
-                                                                  event_id=f"probe{iteration}")), timeout=10)
-                assert probe.seq > last_seq
-                acked[f"probe{iteration}"] = probe.seq
-                feed = []
-                async for item in stub.FollowEvents(pb.FollowEventsRequest(max_batch=500), timeout=30):
-                    feed.append(item)
-                    if item.seq == probe.seq:
-                        break
-                assert all(a.seq < b.seq for a, b in itertools.pairwise(feed))
-                ids = [i.event.event_id for i in feed]
-                assert len(set(ids)) == len(ids), "an event is in the feed twice"
-                seq_of = {i.event.event_id: i.seq for i in feed}
-                missing = [eid for eid in acked if eid not in seq_of]
-                assert not missing, f"{len(missing)} acknowledged events are not in the feed, e.g. {missing[:3]}"
-                wrong = [eid for eid, seq in acked.items() if seq and seq_of[eid] != seq]
-                assert not wrong, f"Track answered another seq than the feed shows: {wrong[:3]}"
-                last_seq = probe.seq
-                if iteration == iterations:
+        async with serving_process(tmp_path) as (proc, stub):
+            probe = await stub.Track(pb.TrackRequest(event=ev(ET.PAGE_VIEW, user="probe",
+                                                              event_id=f"probe{iteration}")), timeout=10)
+            assert probe.seq > last_seq
+            acked[f"probe{iteration}"] = probe.seq
+            feed = []
+            async for item in stub.FollowEvents(pb.FollowEventsRequest(max_batch=500), timeout=30):
+                feed.append(item)
+                if item.seq == probe.seq:
                     break
-                workers = [asyncio.create_task(_stream_until_killed(stub, acked, w, iteration, rng))
-                           for w in range(3)]
-                await asyncio.sleep(rng.uniform(0.3, 0.6))  # let load build up; the kill lands anywhere
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(10)
-                await asyncio.wait_for(asyncio.gather(*workers), TIMEOUT)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
+            assert all(a.seq < b.seq for a, b in itertools.pairwise(feed))
+            ids = [i.event.event_id for i in feed]
+            assert len(set(ids)) == len(ids), "an event is in the feed twice"
+            seq_of = {i.event.event_id: i.seq for i in feed}
+            missing = [eid for eid in acked if eid not in seq_of]
+            assert not missing, f"{len(missing)} acknowledged events are not in the feed, e.g. {missing[:3]}"
+            wrong = [eid for eid, seq in acked.items() if seq and seq_of[eid] != seq]
+            assert not wrong, f"Track answered another seq than the feed shows: {wrong[:3]}"
+            last_seq = probe.seq
+            if iteration == iterations:
+                break
+            workers = [asyncio.create_task(_stream_until_killed(stub, acked, w, iteration, rng))
+                       for w in range(3)]
+            # let load build up; the kill lands anywhere
+            await sigkill_under_load(proc, workers, rng.uniform(0.3, 0.6), TIMEOUT)
     assert len(acked) > iterations * 20, f"too few events were acknowledged ({len(acked)}) to mean anything"
 
 

@@ -7,8 +7,6 @@ import asyncio
 import os
 import select
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,14 +18,11 @@ from services.profile import fold
 from services.profile.writer import WriterProcess
 from tests.profile.conftest import Profiles, make_service
 from tests.profile.helpers import ET, ev
-from tests.profile.test_crash import READY_S
+from tests.profile.restarts import serving_process
 from tests.support import assert_status, channel_to, serving
-from vitrine.health import wait_serving_async
-from vitrine.ports import free_port
 from vitrine.v1 import common_pb2, profile_pb2, profile_pb2_grpc
 
 pb = profile_pb2
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def alive(pid: int) -> bool:
@@ -195,24 +190,11 @@ def test_writer_process_start_stop_and_ordering(tmp_path: Path) -> None:
     assert pid is not None and wait_gone(pid, 5)
 
 
-def start_service(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "services.profile", "--port", str(port), "--data-dir", str(data_dir),
-         "--log-level", "WARNING", "--purge-interval-seconds", "0", "--metrics-port", "-1"],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-
-
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 async def test_no_orphan_writer_after_the_service_process_ends(tmp_path: Path, sig: int) -> None:
     """SIGTERM: graceful stop ends the writer. SIGKILL: the writer dies with its parent."""
-    port = free_port()
-    proc = start_service(tmp_path, port)
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub = profile_pb2_grpc.ProfileServiceStub(channel)
-            await wait_serving_async(channel, READY_S, process=proc)
-            await stub.Track(pb.TrackRequest(event=ev(ET.PAGE_VIEW)), timeout=10)
+    async with serving_process(tmp_path) as (proc, stub):
+        await stub.Track(pb.TrackRequest(event=ev(ET.PAGE_VIEW)), timeout=10)
         writers = children(proc.pid)
         assert len(writers) == 1, writers
         os.kill(proc.pid, sig)
@@ -220,7 +202,3 @@ async def test_no_orphan_writer_after_the_service_process_ends(tmp_path: Path, s
         if sig == signal.SIGTERM:
             assert proc.returncode == 0
         assert wait_gone(writers[0], 10), "the writer process outlived the service"
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
