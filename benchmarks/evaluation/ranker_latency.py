@@ -14,8 +14,6 @@ is the figure to read on a shared machine (wall clock includes preemption). Prin
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 from dataclasses import replace
 
@@ -24,7 +22,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np
 
 from benchmarks.recommendation.latency import item_vectors, say, synthetic_catalog
-from benchmarks.recommendation.rank_latency import timed
+from benchmarks.recommendation.rank_latency import latency_cli, timed
 from scoring.index import IndexParams, build_index
 from scoring.session_knn import build_neighbours
 from services.recommendation.engine import Query, Recommender, Shopper
@@ -85,12 +83,7 @@ def run(n: int, requests: int, list_size: int, dim: int = 64) -> dict[str, objec
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--items", type=int, default=40_000)
-    parser.add_argument("--requests", type=int, default=2_000)
-    parser.add_argument("--list-size", type=int, default=100)
-    args = parser.parse_args()
-    print(json.dumps(run(args.items, args.requests, args.list_size), indent=1))
+    latency_cli(run, __doc__)
 
 
 if __name__ == "__main__":

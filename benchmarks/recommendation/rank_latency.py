@@ -73,13 +73,19 @@ def run(n: int, requests: int, list_size: int, dim: int = 64) -> dict[str, objec
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def latency_cli(run: Callable[[int, int, int], dict[str, object]], doc: str | None) -> None:
+    """The command line of the Rank latency benchmarks (this one and benchmarks.evaluation.ranker_latency):
+    the same catalog size, request count and list size, the run's figures printed as JSON."""
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
     parser.add_argument("--items", type=int, default=40_000)
     parser.add_argument("--requests", type=int, default=2_000)
     parser.add_argument("--list-size", type=int, default=100)
     args = parser.parse_args()
     print(json.dumps(run(args.items, args.requests, args.list_size), indent=1))
+
+
+def main() -> None:
+    latency_cli(run, __doc__)
 
 
 if __name__ == "__main__":
