@@ -23,6 +23,7 @@ from typing import Any
 
 import grpc
 
+from services.common.tasks import cancel_and_wait
 from services.gateway import config as limits
 from services.gateway.metrics import EXPOSURES
 from vitrine.v1 import common_pb2, profile_pb2, segment_pb2
@@ -76,11 +77,8 @@ class ExperimentSlots:
                 log.exception("experiment slots refresh failed")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
 
 def exposure_event(user_id: str, session_id: str, context: common_pb2.Context,
@@ -144,9 +142,7 @@ class ExposureLog:
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._queue.join(), flush_seconds)
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        await cancel_and_wait(self._task)
         self._task = None
 
     async def _drain(self) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +13,7 @@ import grpc
 from services.common.config import load_config
 from services.common.errors import Unavailable
 from services.common.server import run_service
+from services.common.tasks import cancel_and_wait
 from services.journeys.backends import GrpcBackends
 from services.journeys.config import DAY_MS, DEFAULT_PORT, HOUR_MS, SERVICE_NAME, JourneysConfig
 from services.journeys.engine import Clock, JourneyEngine, wall_clock_ms
@@ -93,10 +93,7 @@ class JourneysService:
                 log.exception("purge failed; trying again next period")
 
     async def stop(self) -> None:
-        if self._purging is not None:
-            self._purging.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._purging
+        await cancel_and_wait(self._purging)
         if self.feeds is not None:
             await self.feeds.stop()
         if self.webhook is not None:

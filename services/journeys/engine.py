@@ -17,6 +17,7 @@ import lmdb
 from prometheus_client import Counter, Gauge, Histogram
 
 from services.common.errors import InvalidArgument, NotFound, ResourceExhausted
+from services.common.tasks import cancel_and_wait
 from services.journeys import config as C
 from services.journeys.definitions import check_id, validate_journey
 from services.journeys.feed import FeedApplier
@@ -59,11 +60,8 @@ class JourneyEngine:
         self._task = asyncio.create_task(self._timer_loop(), name="journeys-timers")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     def poke(self) -> None:
         """Look at the timers and the outbox now (a new item, or a test's clock moved)."""

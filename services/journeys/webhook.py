@@ -5,7 +5,6 @@ delay (exponential backoff) so the e-mail provider gets it at least once."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import logging
@@ -14,6 +13,7 @@ import httpx
 from google.protobuf import json_format
 from prometheus_client import Counter
 
+from services.common.tasks import cancel_and_wait
 from services.journeys import config as C
 from services.journeys.engine import JourneyEngine
 from vitrine.v1 import journey_pb2
@@ -51,10 +51,7 @@ class WebhookDelivery:
         self._task = asyncio.create_task(self._loop(), name="journeys-webhook")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
         await self._client.aclose()
 
     async def wait_acked(self, n: int) -> None:

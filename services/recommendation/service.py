@@ -4,7 +4,6 @@ domain operations the servicer calls (upsert, inventory, observe, train, recomme
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
@@ -27,6 +26,7 @@ from services.common.errors import (
     Unavailable,
     VitrineError,
 )
+from services.common.tasks import cancel_and_wait
 from services.recommendation.catalog import (
     Catalog,
     StockChange,
@@ -178,10 +178,7 @@ class RecommendationService:
             await self.feeds.stop()
             self.feeds = None
         for task in (self._snapshot_task, self._trending_task, self._model_task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await cancel_and_wait(task)
         if self.catalog.env is not None:
             await self.save_signals()
         for channel in self._channels.values():
