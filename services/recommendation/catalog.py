@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,14 +114,8 @@ class Catalog:
         self.path.mkdir(parents=True, exist_ok=True)
         self.env = lmdb.open(str(self.path), map_size=LMDB_MAP_SIZE, subdir=True, max_dbs=4)
         self.changes = ChangeLog(self.env)
-        products = []
         with self.env.begin() as txn:
-            for key, value in txn.cursor():
-                if _is_database_record(key):
-                    continue
-                product = common_pb2.Product()
-                product.ParseFromString(value)
-                products.append(product)
+            products = [product for _, product in _stored_products(txn)]
         self._apply(products)
 
     def close(self) -> None:
@@ -186,13 +180,9 @@ class Catalog:
         assert self.env is not None
         out: dict[int, np.ndarray] = {}
         with self.env.begin() as txn:
-            for key, value in txn.cursor():
-                if _is_database_record(key):
-                    continue
-                product = common_pb2.Product()
-                product.ParseFromString(value)
+            for product_id, product in _stored_products(txn):
                 if len(product.embedding) == dim:
-                    row = self.row_of.get(key.decode())
+                    row = self.row_of.get(product_id)
                     if row is not None:
                         out[row] = np.asarray(product.embedding, np.float32)
         return out
@@ -297,3 +287,14 @@ class Catalog:
 def _is_database_record(key: bytes) -> bool:
     """Named databases are records of the main one; their names contain a space, product ids never."""
     return b" " in key
+
+
+def _stored_products(txn: lmdb.Transaction) -> Iterator[tuple[str, common_pb2.Product]]:
+    """Every product of the main database, with its id, skipping the named databases' records."""
+    for raw_key, value in txn.cursor():
+        key = bytes(raw_key)  # the same object: this environment hands out bytes, not buffers
+        if _is_database_record(key):
+            continue
+        product = common_pb2.Product()
+        product.ParseFromString(bytes(value))
+        yield key.decode(), product
