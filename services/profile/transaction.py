@@ -79,30 +79,31 @@ def _full(store: LmdbProfileStore) -> ResourceExhausted:
 
 
 @contextlib.contextmanager
-def write_transaction(store: LmdbProfileStore) -> Iterator[WriteTxn]:
-    txn = store.env.begin(write=True)
-    w = WriteTxn(store, txn)
+def _aborted_on_error(store: LmdbProfileStore, txn: lmdb.Transaction) -> Iterator[None]:
+    """Any error aborts `txn`; a put or commit that did not fit is RESOURCE_EXHAUSTED."""
     try:
-        yield w
-    except lmdb.MapFullError as exc:  # a put did not fit
-        txn.abort()
-        raise _full(store) from exc
-    except BaseException:
-        txn.abort()
-        raise
-    if w.discarded:
-        txn.abort()
-        return
-    try:
-        if w.seq != w.first_seq:
-            txn.put(META_SEQ, U64.pack(w.seq), db=store.meta)
-        txn.commit()
+        yield
     except lmdb.MapFullError as exc:
         txn.abort()
         raise _full(store) from exc
     except BaseException:
         txn.abort()
         raise
+
+
+@contextlib.contextmanager
+def write_transaction(store: LmdbProfileStore) -> Iterator[WriteTxn]:
+    txn = store.env.begin(write=True)
+    w = WriteTxn(store, txn)
+    with _aborted_on_error(store, txn):
+        yield w
+    if w.discarded:
+        txn.abort()
+        return
+    with _aborted_on_error(store, txn):
+        if w.seq != w.first_seq:
+            txn.put(META_SEQ, U64.pack(w.seq), db=store.meta)
+        txn.commit()
     if w.deltas:
         store.rfm.commit(w.deltas)
         if store.on_commit is not None:
