@@ -46,6 +46,14 @@ def pod_labels(obj: dict[str, Any]) -> dict[str, str]:
     return obj["spec"]["template"]["metadata"]["labels"]
 
 
+def is_vitrine(obj: dict[str, Any]) -> bool:
+    """A pod of Vitrine's own image (the base's part-of label), not a third-party one such as the
+    prod overlay's NATS cluster, which is checked against its own chart (test_nats.py)."""
+    if obj["kind"] not in (*WORKLOAD_KINDS, "CronJob"):
+        return False
+    return pod_labels(obj).get("app.kubernetes.io/part-of") == "vitrine"
+
+
 def config_data(objects: list[dict[str, Any]]) -> dict[str, str]:
     return by_kind(objects, "ConfigMap")["vitrine-config"]["data"]
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from tests.k8s.conftest import OVERLAYS, ROOT, pod_spec, render
+from tests.k8s.conftest import OVERLAYS, ROOT, is_vitrine, pod_spec, render
 
 COMPILERS = {"gcc", "g++", "cc", "c++", "clang", "build-essential", "make", "cmake", "python3-dev", "libc6-dev"}
 CONTRACT_PORTS = ("50051", "50052", "50053", "50054", "50055")
@@ -164,7 +164,7 @@ def test_final_stage_is_lean_and_unprivileged(dockerfile: tuple[dict[str, str], 
     assert uid.isdigit() and int(uid) != 0, "a numeric non-root uid (runAsNonRoot can verify it)"
     for name in OVERLAYS:
         for obj in render(name):
-            if obj["kind"] in ("Deployment", "StatefulSet", "CronJob"):
+            if is_vitrine(obj):
                 assert pod_spec(obj)["securityContext"]["runAsUser"] == int(uid), obj["metadata"]["name"]
 
 
@@ -178,7 +178,7 @@ def test_final_environment(dockerfile: tuple[dict[str, str], list[Stage]]) -> No
     assert env["MPLCONFIGDIR"].startswith("/tmp/")
     for name in OVERLAYS:
         for obj in render(name):
-            if obj["kind"] in ("Deployment", "StatefulSet", "CronJob"):
+            if is_vitrine(obj):
                 mounts = {m["mountPath"] for m in pod_spec(obj)["containers"][0]["volumeMounts"]}
                 assert "/tmp" in mounts, obj["metadata"]["name"]
 
@@ -194,7 +194,7 @@ def test_entry_points(dockerfile: tuple[dict[str, str], list[Stage]]) -> None:
 
     for name in OVERLAYS:
         for obj in render(name):
-            if obj["kind"] in ("Deployment", "StatefulSet"):
+            if is_vitrine(obj) and obj["kind"] != "CronJob":
                 args = pod_spec(obj)["containers"][0]["args"]
                 assert args[0] == "serve" and args[1] in serve.SERVICES
     exposed = " ".join(final.all("EXPOSE")).split()

@@ -22,6 +22,7 @@ from tests.k8s.conftest import (
     WORKLOAD_KINDS,
     by_kind,
     config_data,
+    is_vitrine,
     pod_labels,
     pod_spec,
     render,
@@ -39,11 +40,12 @@ EXTERNAL_SECRETS = {"vitrine-auth", "vitrine-tls"}
 
 
 def _workloads(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [o for o in objects if o["kind"] in WORKLOAD_KINDS]
+    """Vitrine's Deployments and StatefulSets (the NATS cluster in prod has its own checks)."""
+    return [o for o in objects if o["kind"] in WORKLOAD_KINDS and is_vitrine(o)]
 
 
 def _pods(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [o for o in objects if o["kind"] in (*WORKLOAD_KINDS, "CronJob")]
+    return [o for o in objects if is_vitrine(o)]
 
 
 def _service_of(obj: dict[str, Any]) -> str:
@@ -86,12 +88,15 @@ def test_every_object_passes_the_kubernetes_schema(name: str, version: str) -> N
     assert not failures, "\n".join(failures)
 
 
-def test_the_suite_is_complete(objects: list[dict[str, Any]]) -> None:
+def test_the_suite_is_complete(overlay: str, objects: list[dict[str, Any]]) -> None:
+    # prod runs in scale-out mode: the NATS cluster of its event log as well (test_nats.py).
+    nats = {"nats"} if overlay == "prod" else set()
     assert set(by_kind(objects, "Deployment")) == {
         "gateway", "segmentation", "recommendation", "recommendation-trainer", "journeys"}
-    assert set(by_kind(objects, "StatefulSet")) == {"profile"}
+    assert set(by_kind(objects, "StatefulSet")) == {"profile"} | nats
     assert set(by_kind(objects, "CronJob")) == {"vitrine-train"}
-    assert set(by_kind(objects, "PodDisruptionBudget")) == {"gateway", "segmentation", "recommendation", "profile"}
+    assert set(by_kind(objects, "PodDisruptionBudget")) == {
+        "gateway", "segmentation", "recommendation", "profile"} | nats
     assert set(by_kind(objects, "HorizontalPodAutoscaler")) == {"gateway", "recommendation"}
     assert "default-deny-ingress" in by_kind(objects, "NetworkPolicy")
 
@@ -252,7 +257,7 @@ def test_backend_addresses_name_real_services(objects: list[dict[str, Any]]) -> 
 
 
 def test_services_select_running_pods(objects: list[dict[str, Any]]) -> None:
-    workloads = _workloads(objects)
+    workloads = [o for o in objects if o["kind"] in WORKLOAD_KINDS]
     for name, service in by_kind(objects, "Service").items():
         selector = service["spec"]["selector"]
         targets = [w for w in workloads if selector.items() <= pod_labels(w).items()]
@@ -263,7 +268,7 @@ def test_services_select_running_pods(objects: list[dict[str, Any]]) -> None:
 
 
 def test_disruption_budgets_and_autoscalers_match_workloads(objects: list[dict[str, Any]]) -> None:
-    workloads = {o["metadata"]["name"]: o for o in _workloads(objects)}
+    workloads = {o["metadata"]["name"]: o for o in objects if o["kind"] in WORKLOAD_KINDS}
     for name, pdb in by_kind(objects, "PodDisruptionBudget").items():
         selector = pdb["spec"]["selector"]["matchLabels"]
         assert selector.items() <= pod_labels(workloads[name]).items(), name

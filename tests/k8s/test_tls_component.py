@@ -20,7 +20,7 @@ import pytest
 from services.common.config import ServerConfig
 from services.common.server import build_server
 from tests.k8s import kustomize
-from tests.k8s.conftest import K8S, SCHEMA_VERSIONS, by_kind, config_data, pod_spec
+from tests.k8s.conftest import K8S, SCHEMA_VERSIONS, by_kind, config_data, is_vitrine, pod_spec
 from tests.reliability.tiny_service import TinyService
 
 CONTRACT_PORTS = {"gateway": 50051, "profile": 50052, "segmentation": 50053, "recommendation": 50054,
@@ -46,7 +46,7 @@ def tls_objects(tls_overlay: Path) -> list[dict[str, Any]]:
 def _probes(objects: list[dict[str, Any]]) -> list[tuple[str, str, dict[str, Any]]]:
     out = []
     for obj in objects:
-        if obj["kind"] in ("Deployment", "StatefulSet"):
+        if obj["kind"] in ("Deployment", "StatefulSet") and is_vitrine(obj):
             container = pod_spec(obj)["containers"][0]
             service = container["args"][1]
             for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
@@ -57,7 +57,7 @@ def _probes(objects: list[dict[str, Any]]) -> list[tuple[str, str, dict[str, Any
 def test_the_component_adds_the_tls_secret_to_every_workload_of_prod(tls_objects: list[dict[str, Any]]) -> None:
     prod = {(o["kind"], o["metadata"]["name"]) for o in kustomize.build(K8S / "overlays" / "prod")}
     assert {(o["kind"], o["metadata"]["name"]) for o in tls_objects} == prod  # the same objects, no more
-    workloads = [o for o in tls_objects if o["kind"] in ("Deployment", "StatefulSet")]
+    workloads = [o for o in tls_objects if o["kind"] in ("Deployment", "StatefulSet") and is_vitrine(o)]
     assert len(workloads) >= 5
     for obj in workloads:
         names = {v["name"] for v in pod_spec(obj)["volumes"]}
@@ -76,7 +76,7 @@ def test_tls_settings_point_into_the_mounted_secret(tls_objects: list[dict[str, 
     assert files == {f"{TLS_DIR}/tls.crt", f"{TLS_DIR}/tls.key", f"{TLS_DIR}/ca.crt"}
     assert data["VITRINE_GATEWAY_BACKEND_TLS"] == "true"
     for obj in tls_objects:
-        if obj["kind"] in ("Deployment", "StatefulSet"):
+        if obj["kind"] in ("Deployment", "StatefulSet") and is_vitrine(obj):
             spec = pod_spec(obj)
             mounts = {m["mountPath"]: m["name"] for m in spec["containers"][0]["volumeMounts"]}
             volumes = {v["name"]: v for v in spec["volumes"]}
