@@ -8,13 +8,13 @@ import asyncio
 import contextlib
 import csv
 import json
-import os
 import sys
 from typing import TextIO
 
 import grpc
 
 from services.common.channel import open_channel
+from vitrine.commands._service_flags import add_service_flags
 from vitrine.v1 import segment_pb2, segment_pb2_grpc
 
 NAME = "audience"
@@ -22,9 +22,7 @@ HELP = "export the members of a segment or a rule as CSV (e-mail lists, ad-platf
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--address", default=os.environ.get("VITRINE_SEGMENTATION_ADDRESS", "127.0.0.1:50053"),
-                        help="segmentation service (env VITRINE_SEGMENTATION_ADDRESS)")
-    parser.add_argument("--auth-token", default=os.environ.get("VITRINE_AUTH_TOKEN", ""))
+    add_service_flags(parser, "segmentation service", "VITRINE_SEGMENTATION_ADDRESS", "127.0.0.1:50053")
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     export = sub.add_parser("export", help="stream the members as CSV")
     target = export.add_mutually_exclusive_group(required=True)

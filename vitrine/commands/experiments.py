@@ -6,11 +6,11 @@ import argparse
 import asyncio
 import datetime as dt
 import math
-import os
 
 import grpc
 
 from services.common.channel import open_channel
+from vitrine.commands._service_flags import add_service_flags
 from vitrine.commands._table import table
 from vitrine.v1 import recommend_pb2, segment_pb2, segment_pb2_grpc
 
@@ -20,9 +20,7 @@ HELP = ("list experiments, print one's results (users, conversion, revenue, lift
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--address", default=os.environ.get("VITRINE_SEGMENTATION_ADDRESS", "127.0.0.1:50053"),
-                        help="segmentation service (env VITRINE_SEGMENTATION_ADDRESS)")
-    parser.add_argument("--auth-token", default=os.environ.get("VITRINE_AUTH_TOKEN", ""))
+    add_service_flags(parser, "segmentation service", "VITRINE_SEGMENTATION_ADDRESS", "127.0.0.1:50053")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for an answer")
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     listing = sub.add_parser("list", help="every experiment with its slot, window and variants")

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 
 from google.protobuf import json_format
 
 from services.common.channel import open_channel
+from vitrine.commands._service_flags import add_service_flags
 from vitrine.commands._table import table
 from vitrine.v1 import journey_pb2, journey_pb2_grpc, recommend_pb2
 
@@ -19,9 +19,7 @@ MINUTE_MS = 60_000
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--address", default=os.environ.get("VITRINE_JOURNEYS_ADDRESS", "127.0.0.1:50055"),
-                        help="journeys service (env VITRINE_JOURNEYS_ADDRESS)")
-    parser.add_argument("--auth-token", default=os.environ.get("VITRINE_AUTH_TOKEN", ""))
+    add_service_flags(parser, "journeys service", "VITRINE_JOURNEYS_ADDRESS", "127.0.0.1:50055")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for an answer")
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     sub.add_parser("list", help="every journey with its kind, delay and filter")

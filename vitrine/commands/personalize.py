@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 
 import grpc
 from google.protobuf import json_format
 
 from services.common.channel import open_channel
+from vitrine.commands._service_flags import add_service_flags
 from vitrine.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 
 NAME = "personalize"
@@ -25,9 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="", help="context.device_type (mobile, tablet, desktop)")
     parser.add_argument("--country", default="", help="context.country")
     parser.add_argument("--deadline-ms", type=int, default=0, help="budget (0 = gateway default)")
-    parser.add_argument("--address", default=os.environ.get("VITRINE_GATEWAY_ADDRESS", "127.0.0.1:50051"),
-                        help="gateway address (env VITRINE_GATEWAY_ADDRESS)")
-    parser.add_argument("--auth-token", default=os.environ.get("VITRINE_AUTH_TOKEN", ""))
+    add_service_flags(parser, "gateway address", "VITRINE_GATEWAY_ADDRESS", "127.0.0.1:50051")
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer")
 
 
