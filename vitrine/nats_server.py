@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from vitrine.ports import HOST, free_ports
+from vitrine.processes import stop_process
 
 START_TIMEOUT_SECONDS = 15.0
 STOP_TIMEOUT_SECONDS = 10.0
@@ -64,12 +65,7 @@ class NatsNode:
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(STOP_TIMEOUT_SECONDS)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(STOP_TIMEOUT_SECONDS)
+            stop_process(self.proc, STOP_TIMEOUT_SECONDS, STOP_TIMEOUT_SECONDS)
         self.proc = None
 
 

@@ -41,6 +41,7 @@ from vitrine.health import wait_serving
 from vitrine.loadtest.cpu import CpuSampler
 from vitrine.loadtest.run import child_env, sample_users
 from vitrine.ports import free_port
+from vitrine.processes import stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 180.0
@@ -188,12 +189,7 @@ def _start(mode: str, data_dir: Path, logs: Path, fault: str = "") -> Iterator[R
                 continue
             with contextlib.suppress(ProcessLookupError):
                 process.send_signal(signal.SIGCONT)  # a stopped process cannot handle SIGTERM
-            process.terminate()
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
+            stop_process(process, 20, 10)
 
 
 @contextlib.contextmanager

@@ -33,6 +33,7 @@ from benchmarks.profile.load import make_events
 from vitrine.health import wait_serving_async
 from vitrine.loadtest.cpu import child_pids, own_cpu_seconds
 from vitrine.ports import free_port
+from vitrine.processes import stop_process
 from vitrine.v1 import common_pb2, profile_pb2, profile_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,12 +65,7 @@ def server(argv: list[str]) -> Iterator[subprocess.Popen[bytes]]:
     try:
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, 30)
 
 
 def tree_cpu(pid: int) -> dict[int, float]:

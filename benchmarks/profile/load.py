@@ -30,6 +30,7 @@ import grpc
 from vitrine.health import wait_serving_async
 from vitrine.loadtest.cpu import child_pids, own_cpu_seconds
 from vitrine.ports import free_port
+from vitrine.processes import stop_process
 from vitrine.v1 import common_pb2, profile_pb2, profile_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,12 +47,7 @@ def profile_server(data_dir: str, port: int, *extra: str) -> Iterator[subprocess
     try:
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, 10)
 
 
 def make_events(n: int, users: int, prefix: str, now_ms: int, seed: int) -> list[common_pb2.Event]:
