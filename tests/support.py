@@ -9,6 +9,7 @@ import grpc
 
 from services.common.server import RunningServer
 from vitrine.serving import serving as serving  # re-exported: the tests import it from here
+from vitrine.v1 import profile_pb2, profile_pb2_grpc
 
 
 @contextlib.asynccontextmanager
@@ -25,3 +26,14 @@ async def assert_status(awaitable: object, code: grpc.StatusCode) -> grpc.aio.Ai
         assert err.code() == code, f"expected {code.name}, got {err.code().name}: {err.details()}"
         return err
     raise AssertionError(f"expected {code.name}, the call succeeded")
+
+
+def known_shopper(profile_address: str) -> str:
+    """A shopper of the loaded demo store with recent views and consent to personalization (the
+    suite tests personalize for one)."""
+    with grpc.insecure_channel(profile_address) as channel:
+        stub = profile_pb2_grpc.ProfileServiceStub(channel)
+        for profile in stub.ScanProfiles(profile_pb2.ScanProfilesRequest(limit=60), timeout=10):
+            if profile.recently_viewed and profile.consent.personalization:
+                return str(profile.user_id)
+    raise AssertionError("the demo store has no shopper with views and consent")

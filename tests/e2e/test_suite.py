@@ -16,6 +16,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from tests.support import known_shopper
 from vitrine.health import wait_serving
 from vitrine.ports import free_ports
 from vitrine.supervisor import DEFAULT_PORTS, SERVICES, Suite, SuiteLayout, probe
@@ -63,17 +64,6 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
         running.stop()
 
 
-def known_shopper(suite: Suite) -> str:
-    from vitrine.v1 import profile_pb2_grpc
-
-    with grpc.insecure_channel(suite.layout.profile_addresses()[0]) as channel:
-        stub = profile_pb2_grpc.ProfileServiceStub(channel)
-        for profile in stub.ScanProfiles(profile_pb2.ScanProfilesRequest(limit=50), timeout=10):
-            if profile.recently_viewed and profile.consent.personalization:
-                return profile.user_id
-    raise AssertionError("the demo store has no shopper with views")
-
-
 def test_every_service_serves_health_and_reflection(suite: Suite) -> None:
     for child in suite.children:
         name = child.name.split("-")[0]
@@ -92,7 +82,7 @@ def test_every_service_serves_health_and_reflection(suite: Suite) -> None:
 
 
 def test_personalize_known_shopper_is_personalized(suite: Suite) -> None:
-    user = known_shopper(suite)
+    user = known_shopper(suite.layout.profile_addresses()[0])
     with grpc.insecure_channel(suite.layout.address("gateway")) as channel:
         stub = gateway_pb2_grpc.PersonalizationServiceStub(channel)
         reply = stub.Personalize(gateway_pb2.PersonalizeRequest(

@@ -24,6 +24,7 @@ import grpc
 import pytest
 
 from services.gateway.config import TRENDING_EMPTY_REFRESH_S
+from tests.support import known_shopper
 from vitrine.ports import free_ports
 from vitrine.supervisor import DEFAULT_PORTS, State, Suite, SuiteLayout
 from vitrine.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, profile_pb2, profile_pb2_grpc
@@ -62,15 +63,6 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
             Path(report).write_text("\n".join(f"{k}: {v}" for k, v in FIGURES.items()) + "\n")
 
 
-def known_shopper(suite: Suite) -> str:
-    with grpc.insecure_channel(suite.layout.profile_addresses()[0]) as channel:
-        stub = profile_pb2_grpc.ProfileServiceStub(channel)
-        for profile in stub.ScanProfiles(profile_pb2.ScanProfilesRequest(limit=60), timeout=10):
-            if profile.recently_viewed and profile.consent.personalization:
-                return profile.user_id
-    raise AssertionError("the demo store has no shopper with views and consent")
-
-
 def personalize(stub: gateway_pb2_grpc.PersonalizationServiceStub, user: str) -> tuple[gateway_pb2.PersonalizeResponse,
                                                                                        float]:
     started = time.perf_counter()
@@ -92,7 +84,7 @@ def wait_personalized(stub: gateway_pb2_grpc.PersonalizationServiceStub, user: s
                                                  ("segmentation", "segmentation_unavailable"),
                                                  ("profile", "profile_unavailable")])
 def test_a_paused_backend_gets_fallbacks_inside_the_deadline(suite: Suite, backend: str, reason: str) -> None:
-    user = known_shopper(suite)
+    user = known_shopper(suite.layout.profile_addresses()[0])
     child = suite.child(backend)
     assert child.pid is not None
     with grpc.insecure_channel(suite.layout.address("gateway")) as channel:
@@ -124,7 +116,7 @@ def test_a_paused_backend_gets_fallbacks_inside_the_deadline(suite: Suite, backe
 
 
 def test_the_default_experience_has_items_while_recommendation_is_paused(suite: Suite) -> None:
-    user = known_shopper(suite)
+    user = known_shopper(suite.layout.profile_addresses()[0])
     child = suite.child("recommendation")
     assert child.pid is not None
     with grpc.insecure_channel(suite.layout.address("gateway")) as channel:
