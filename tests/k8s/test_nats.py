@@ -9,13 +9,18 @@ nats.conf is checked by the real nats-server where it is installed.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import re
-import shutil
 import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import nats as nats_client
 import pytest
 
 from services.eventlog import config as eventlog_config
@@ -23,7 +28,12 @@ from services.profile import config as profile_config
 from tests.k8s.conftest import K8S, by_kind, config_data, pod_labels, pod_spec, render
 from tests.k8s.test_manifests import quantity
 from tests.k8s.test_network_policies import can_connect
+from vitrine.nats_server import nats_server_binary
+from vitrine.ports import HOST, free_ports
 
+NO_SERVER = ("nats-server is not installed (Debian package nats-server): the rendered nats.conf is not "
+             "run by the server itself")
+CLUSTER_START_SECONDS = 30.0
 NATS_DIR = K8S / "overlays" / "prod" / "nats"
 CHART_VERSION = "2.14.2"
 NODES = 3
@@ -106,15 +116,99 @@ def test_three_nodes_in_one_cluster_with_jetstream_on_a_volume_each(prod: list[d
 
 def test_nats_server_accepts_the_rendered_config(prod: list[dict[str, Any]], nats: dict[str, Any],
                                                  tmp_path: Path) -> None:
-    server = shutil.which("nats-server", path="/usr/local/bin:/usr/bin:/usr/sbin:/bin")
+    server = nats_server_binary()
     if server is None:
-        pytest.skip("nats-server is not installed (Debian package nats-server): the rendered nats.conf "
-                    "is not checked by the server itself")
+        pytest.skip(NO_SERVER)
     path = tmp_path / "nats.conf"
     path.write_text(_nats_conf(prod, nats), encoding="utf-8")
     result = subprocess.run([server, "-c", str(path), "-t"], capture_output=True, text=True, timeout=30,
                             env={"SERVER_NAME": "nats-0", "PATH": "/usr/bin:/bin"}, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def loopback_conf(text: str, name: str, ports: dict[str, int], routes: list[int], store: Path) -> str:
+    """The rendered nats.conf for one node on this machine: only addresses and files move
+    (loopback ports instead of the pod's, routes to the other local nodes, a temporary store and
+    pid file)."""
+    conf = parse_conf(text)
+    conf.update(host=HOST, port=ports["nats"], http_port=ports["monitor"], server_name=name)
+    conf["cluster"].update(host=HOST, port=ports["cluster"], routes=[f"nats://{HOST}:{p}" for p in routes])
+    conf["jetstream"]["store_dir"] = str(store)
+    conf["pid_file"] = str(store.parent / f"{name}.pid")
+    # A size stays unquoted, as the chart writes it (nats-server reads "500Gi" only as a bare word).
+    size = conf["jetstream"]["max_file_store"]
+    return json.dumps(conf, indent=2).replace(f'"max_file_store": "{size}"', f'"max_file_store": {size}')
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as answer:
+            return answer.status, answer.read().decode()
+    except OSError as err:
+        return getattr(err, "code", 0), str(err)
+
+
+@contextlib.contextmanager
+def _cluster_from_rendered_conf(text: str, root: Path) -> Iterator[list[dict[str, int]]]:
+    binary = nats_server_binary()
+    if binary is None:
+        pytest.skip(NO_SERVER)
+    ports = free_ports(3 * NODES)
+    nodes = [{"nats": ports[i], "cluster": ports[NODES + i], "monitor": ports[2 * NODES + i]} for i in range(NODES)]
+    procs = []
+    try:
+        for i, node in enumerate(nodes):
+            path = root / f"nats-{i}.conf"
+            others = [n["cluster"] for j, n in enumerate(nodes) if j != i]
+            path.write_text(loopback_conf(text, f"nats-{i}", node, others, root / f"store-{i}"), encoding="utf-8")
+            log = (root / f"nats-{i}.log").open("ab")
+            procs.append(subprocess.Popen([binary, "-c", str(path)], stdout=log, stderr=subprocess.STDOUT))
+            log.close()
+        yield nodes
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+
+
+async def _publish_replicated(url: str) -> tuple[int, int]:
+    client = await nats_client.connect(url, connect_timeout=2, max_reconnect_attempts=2)
+    try:
+        js = client.jetstream(timeout=5)
+        await js.add_stream(name="CHART_CHECK", subjects=["chart.check.>"], num_replicas=NODES)
+        ack = await js.publish("chart.check.0", b"event", timeout=5)
+        info = await js.stream_info("CHART_CHECK")
+        return ack.seq, 1 + len(info.cluster.replicas or []) if info.cluster else 0
+    finally:
+        await client.close()
+
+
+def test_the_rendered_config_forms_a_jetstream_cluster_that_replicates(
+        prod: list[dict[str, Any]], nats: dict[str, Any], tmp_path: Path) -> None:
+    """Three real nats-servers on the chart's nats.conf (addresses moved to loopback): the chart's
+    readiness and liveness endpoints answer 200 on each, one meta leader for three peers, and a
+    stream with R=3 (as the profile service creates VITRINE_EVENTS) acknowledges a publish."""
+    text = _nats_conf(prod, nats)
+    container = _container(nats)
+    paths = [container[p]["httpGet"]["path"] for p in ("readinessProbe", "livenessProbe")]
+    with _cluster_from_rendered_conf(text, tmp_path) as nodes:
+        deadline = time.monotonic() + CLUSTER_START_SECONDS
+        pending = [(n["monitor"], path) for n in nodes for path in paths]
+        while pending and time.monotonic() < deadline:
+            pending = [(port, path) for port, path in pending
+                       if _get(f"http://{HOST}:{port}{path}")[0] != 200]
+            time.sleep(0.2)  # the servers elect a meta leader in their own time: nothing to wait on
+        assert not pending, f"not healthy within {CLUSTER_START_SECONDS} s: {pending}"
+        status, body = _get(f"http://{HOST}:{nodes[0]['monitor']}/jsz")
+        meta = json.loads(body)["meta_cluster"]
+        assert status == 200 and meta["cluster_size"] == NODES and meta["leader"]
+        seq, copies = asyncio.run(_publish_replicated(f"nats://{HOST}:{nodes[1]['nats']}"))
+        assert seq == 1 and copies == NODES
 
 
 def test_the_chart_probes_its_monitoring_port(nats: dict[str, Any]) -> None:
