@@ -3,8 +3,10 @@ in front, loaded with a small demo store through the colleagues' loader."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -105,3 +107,13 @@ async def start_real_suite(root: Path, shards: int = 1, *, load: bool = True) ->
         assert not report.errors, report.errors[:5]
         await suite.service.trending.refresh()
     return suite
+
+
+@contextlib.asynccontextmanager
+async def real_suite(root: Path, shards: int = 1) -> AsyncIterator[RealSuite]:
+    """`start_real_suite` with the demo store, closed on the way out (the modules' suite fixtures)."""
+    suite = await start_real_suite(root, shards)
+    try:
+        yield suite
+    finally:
+        await suite.close()

@@ -13,7 +13,7 @@ import grpc
 import pytest
 import pytest_asyncio
 
-from tests.gateway.real import RealSuite, start_real_suite
+from tests.gateway.real import RealSuite, real_suite
 from vitrine.v1 import (
     common_pb2,
     gateway_pb2,
@@ -30,11 +30,8 @@ FEED_WAIT_S = 20.0
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def real(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RealSuite]:
-    suite = await start_real_suite(Path(tmp_path_factory.mktemp("second")), shards=1)
-    try:
+    async with real_suite(Path(tmp_path_factory.mktemp("second")), shards=1) as suite:
         yield suite
-    finally:
-        await suite.close()
 
 
 async def shoppers(real: RealSuite, n: int) -> list[common_pb2.Profile]:

@@ -12,7 +12,7 @@ import grpc
 import pytest
 import pytest_asyncio
 
-from tests.gateway.real import RealSuite, start_real_suite
+from tests.gateway.real import RealSuite, real_suite
 from tests.support import assert_status
 from vitrine.v1 import common_pb2, gateway_pb2, profile_pb2
 
@@ -23,11 +23,8 @@ MOBILE_FR = common_pb2.Context(device_type="mobile", country="FR", traffic_sourc
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def real(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RealSuite]:
-    suite = await start_real_suite(Path(tmp_path_factory.mktemp("real")), shards=1)
-    try:
+    async with real_suite(Path(tmp_path_factory.mktemp("real")), shards=1) as suite:
         yield suite
-    finally:
-        await suite.close()
 
 
 async def shopper_with_views(real: RealSuite) -> common_pb2.Profile:

@@ -13,7 +13,7 @@ import pytest
 import pytest_asyncio
 
 from services.gateway.router import jump_hash, stable_key
-from tests.gateway.real import RealSuite, start_real_suite
+from tests.gateway.real import RealSuite, real_suite
 from tests.support import assert_status
 from vitrine.v1 import common_pb2, gateway_pb2, profile_pb2
 
@@ -23,11 +23,8 @@ SHARDS = 3
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def sharded(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RealSuite]:
-    suite = await start_real_suite(Path(tmp_path_factory.mktemp("sharded")), shards=SHARDS)
-    try:
+    async with real_suite(Path(tmp_path_factory.mktemp("sharded")), shards=SHARDS) as suite:
         yield suite
-    finally:
-        await suite.close()
 
 
 def shard_of(user_id: str) -> int:
