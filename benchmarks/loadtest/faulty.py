@@ -22,7 +22,7 @@ from typing import Any
 
 from services.common.config import load_config
 from services.common.logs import configure_logging
-from services.common.server import install_event_loop
+from services.common.server import install_event_loop, wait_for_stop_signal
 from services.gateway.all_in_one import AllInOne, AllInOneConfig
 from services.gateway.config import DEFAULT_PORT
 from services.gateway.inprocess import _UnaryCall
@@ -68,12 +68,8 @@ def _apply(suite: AllInOne, fault: str) -> None:
 async def serve(config: AllInOneConfig, fault: str) -> None:
     suite = AllInOne(config)
     await suite.start()
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGUSR1, _apply, suite, fault)
-    await stop.wait()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, _apply, suite, fault)
+    await wait_for_stop_signal()
     await suite.stop(0)
 
 

@@ -152,13 +152,18 @@ def install_event_loop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-async def serve_until_signal(config: ServerConfig, service: Service) -> None:
-    running = await build_server(config, service)
+async def wait_for_stop_signal() -> None:
+    """Until SIGTERM or SIGINT: what every server of the suite waits for before its graceful stop."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+
+
+async def serve_until_signal(config: ServerConfig, service: Service) -> None:
+    running = await build_server(config, service)
+    await wait_for_stop_signal()
     log.info("%s shutting down (grace %.1fs)", service.name, config.grace_seconds)
     await running.stop(config.grace_seconds)
     log.info("%s stopped", service.name)

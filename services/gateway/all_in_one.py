@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import signal
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,7 +29,7 @@ from services.common.channel import channel_for
 from services.common.config import ServerConfig, load_config
 from services.common.logs import configure_logging
 from services.common.metrics import start_metrics_server
-from services.common.server import RunningServer, build_server, install_event_loop
+from services.common.server import RunningServer, build_server, install_event_loop, wait_for_stop_signal
 from services.gateway.app import Backends, GatewayService
 from services.gateway.config import DEFAULT_PORT, GatewayConfig
 from services.gateway.inprocess import Captured
@@ -158,11 +157,7 @@ async def serve(config: AllInOneConfig) -> None:
     await suite.start()
     log.info("all services serving in one process (gateway on %s:%d, in-process calls %s)", config.host,
              suite.servers["gateway"].port, "on" if config.in_process else "off")
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await wait_for_stop_signal()
     log.info("shutting down (grace %.1fs)", config.grace_seconds)
     await suite.stop(config.grace_seconds)
 

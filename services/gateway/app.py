@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import signal
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -18,7 +17,7 @@ from services.common.channel import channel_for
 from services.common.config import load_config
 from services.common.logs import configure_logging
 from services.common.metrics import start_metrics_server
-from services.common.server import build_server, install_event_loop
+from services.common.server import build_server, install_event_loop, wait_for_stop_signal
 from services.gateway.composer import Composer
 from services.gateway.config import DEFAULT_PORT, EXPERIMENT_CALL_TIMEOUT_S, TRENDING_CALL_TIMEOUT_S, GatewayConfig
 from services.gateway.experiments import ExperimentSlots, ExposureLog
@@ -129,11 +128,7 @@ def server_options(config: GatewayConfig) -> list[tuple[str, int]]:
 async def serve(config: GatewayConfig) -> None:
     service = build_service(config)
     running = await build_server(config, service, extra_options=server_options(config))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await wait_for_stop_signal()
     log.info("gateway shutting down (grace %.1fs)", config.grace_seconds)
     await running.stop(config.grace_seconds)
 
