@@ -155,20 +155,28 @@ class JourneyStore:
 
     def due_timers(self, txn: lmdb.Transaction, now_ms: int, limit: int) -> list[tuple[int, str, str]]:
         """The earliest timers due at or before now: (due_ms, user, journey_id)."""
-        out: list[tuple[int, str, str]] = []
-        cursor = txn.cursor(db=self.db["timers"])
+        return [(due, *split_state_key(rest)) for due, rest in self._due(txn, "timers", now_ms, limit)]
+
+    def next_due(self, txn: lmdb.Transaction) -> int | None:
+        return self._earliest(txn, "timers")
+
+    def _due(self, txn: lmdb.Transaction, db: str, now_ms: int, limit: int) -> list[tuple[int, bytes]]:
+        """The earliest entries of a time-ordered db (key: u64 ms, then the rest) at or before now,
+        at most `limit`: (ms, rest of the key)."""
+        out: list[tuple[int, bytes]] = []
+        cursor = txn.cursor(db=self.db[db])
         if not cursor.first():
             return out
         for key in cursor.iternext(values=False):
-            due = _U64.unpack_from(key)[0]
-            if due > now_ms or len(out) >= limit:
+            at = _U64.unpack_from(key)[0]
+            if at > now_ms or len(out) >= limit:
                 break
-            user, journey_id = split_state_key(bytes(key[8:]))
-            out.append((due, user, journey_id))
+            out.append((at, bytes(key[8:])))
         return out
 
-    def next_due(self, txn: lmdb.Transaction) -> int | None:
-        cursor = txn.cursor(db=self.db["timers"])
+    def _earliest(self, txn: lmdb.Transaction, db: str) -> int | None:
+        """The time of the first entry of a time-ordered db, None when it is empty."""
+        cursor = txn.cursor(db=self.db[db])
         if not cursor.first():
             return None
         return int(_U64.unpack_from(cursor.key())[0])
@@ -262,22 +270,10 @@ class JourneyStore:
         return True
 
     def ready_messages(self, txn: lmdb.Transaction, now_ms: int, limit: int) -> list[tuple[int, str]]:
-        out: list[tuple[int, str]] = []
-        cursor = txn.cursor(db=self.db["ready"])
-        if not cursor.first():
-            return out
-        for key in cursor.iternext(values=False):
-            visible = _U64.unpack_from(key)[0]
-            if visible > now_ms or len(out) >= limit:
-                break
-            out.append((visible, bytes(key[8:]).decode()))
-        return out
+        return [(visible, message_id.decode()) for visible, message_id in self._due(txn, "ready", now_ms, limit)]
 
     def next_ready(self, txn: lmdb.Transaction) -> int | None:
-        cursor = txn.cursor(db=self.db["ready"])
-        if not cursor.first():
-            return None
-        return int(_U64.unpack_from(cursor.key())[0])
+        return self._earliest(txn, "ready")
 
     def move_ready(self, txn: lmdb.Transaction, message_id: str, old_ms: int, new_ms: int | None) -> None:
         txn.delete(ready_key(old_ms, message_id), db=self.db["ready"])
