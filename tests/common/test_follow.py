@@ -8,6 +8,7 @@ import dataclasses
 import random
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 import lmdb
@@ -101,6 +102,16 @@ async def track(address: str, events: list) -> int:  # type: ignore[type-arg]
         return last.seq
 
 
+async def follow_to(follower: Follower[Any], channel: grpc.aio.Channel, cursor: int) -> None:
+    """Run `follower` until it has applied every item below `cursor`; then stop it and close its channel."""
+    follower.start()
+    try:
+        await asyncio.wait_for(follower.wait_for_cursor(cursor), TIMEOUT)
+    finally:
+        await follower.stop()
+        await channel.close()
+
+
 async def test_follows_history_then_live_in_order(tmp_path: Path) -> None:
     running = await start(profile_service(tmp_path))
     try:
@@ -158,12 +169,7 @@ async def test_a_failing_handler_gets_the_batch_again(tmp_path: Path) -> None:
         head = await track(running.address, [ev(ET.PAGE_VIEW, event_id=f"e{i}") for i in range(60)])
         recorder = Recorder(fail_at_seq=30)
         follower, channel = follower_of(running.address, MemoryCursor(), recorder, max_batch=7)
-        follower.start()
-        try:
-            await asyncio.wait_for(follower.wait_for_cursor(head + 1), TIMEOUT)
-        finally:
-            await follower.stop()
-            await channel.close()
+        await follow_to(follower, channel, head + 1)
         assert recorder.ids == [f"e{i}" for i in range(60)] + ["tail-e0"]
         assert follower.stats.handler_errors == 1 and follower.stats.reconnects == 1
     finally:
@@ -192,12 +198,7 @@ async def test_lmdb_cursor_resumes_exactly_once_after_a_restart_of_the_consumer(
             follower: Follower[pb.LoggedEvent] = Follower(
                 "test-lmdb", lambda seq, s=stub: s.FollowEvents(pb.FollowEventsRequest(from_seq=seq)),
                 cursor, on_batch=apply, backoff=FAST)
-            follower.start()
-            try:
-                await asyncio.wait_for(follower.wait_for_cursor(head + 1), TIMEOUT)
-            finally:
-                await follower.stop()
-                await channel.close()
+            await follow_to(follower, channel, head + 1)
             if round_ == 0:
                 head = await track(running.address, [ev(ET.PAGE_VIEW, event_id=f"y{i}") for i in range(20)])
         assert seen == [f"x{i}" for i in range(50)] + ["tail-x0"] + [f"y{i}" for i in range(20)] + ["tail-y0"]
