@@ -13,31 +13,17 @@ tail for a call of that length. All are printed and stored in extra_info.
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import numba
 import numpy as np
 import pytest
 
-from benchmarks.segmentation.workload import NOW, offers, shopper, store_rules, typical_shopper
+from benchmarks.segmentation.workload import NOW, shopper, store_engine, typical_shopper
 from services.segmentation.engine import SegmentEngine
 from vitrine.v1 import common_pb2 as c
 
 ROUNDS = 20_000
-
-
-def build_engine() -> SegmentEngine:
-    engine = SegmentEngine(clock=lambda: NOW)
-
-    async def load() -> None:
-        for segment in store_rules(100):
-            await engine.put_segment(segment)
-        for offer in offers(50):
-            await engine.put_offer(offer)
-
-    asyncio.run(load())
-    return engine
 
 
 CASES = {
@@ -84,7 +70,7 @@ def _cpu_percentiles(engine: SegmentEngine, profile: c.Profile, context: c.Conte
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_evaluate_100_rules(benchmark, case: str) -> None:  # type: ignore[no-untyped-def]
-    engine = build_engine()
+    engine = store_engine()
     profile, context = CASES[case]()
     ids, matched_offers = engine.evaluate(profile, context, NOW)
     benchmark.pedantic(engine.evaluate, args=(profile, context, NOW), rounds=ROUNDS, iterations=1,

@@ -13,13 +13,12 @@ hashes), the profile's id is changed for both engines alike.
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import numpy as np
 import pytest
 
-from benchmarks.segmentation.workload import NOW, offers, shopper, store_rules
+from benchmarks.segmentation.workload import NOW, shopper, store_engine
 from services.segmentation.engine import SegmentEngine
 from vitrine.v1 import common_pb2 as c
 from vitrine.v1 import recommend_pb2 as r
@@ -28,22 +27,12 @@ from vitrine.v1 import segment_pb2 as s
 ROUNDS = 20_000
 
 
-def build_engine(experiments: int) -> SegmentEngine:
-    engine = SegmentEngine(clock=lambda: NOW)
-
-    async def load() -> None:
-        for segment in store_rules(100):
-            await engine.put_segment(segment)
-        for offer in offers(50):
-            await engine.put_offer(offer)
-        for i in range(experiments):
-            await engine.put_experiment(s.Experiment(
-                experiment_id=f"exp-{i}", slot_id=f"slot-{i}", segment_ids=["returning_customer"] if i == 0 else [],
-                variants=[s.Variant(variant_id="control", weight=1, strategy=r.TRENDING),
-                          s.Variant(variant_id="test", weight=1, strategy=r.FOR_YOU, k=8)]))
-
-    asyncio.run(load())
-    return engine
+def experiments_on_slots(n: int) -> list[s.Experiment]:
+    """`n` running experiments on different slots, the first behind a segment filter."""
+    return [s.Experiment(
+        experiment_id=f"exp-{i}", slot_id=f"slot-{i}", segment_ids=["returning_customer"] if i == 0 else [],
+        variants=[s.Variant(variant_id="control", weight=1, strategy=r.TRENDING),
+                  s.Variant(variant_id="test", weight=1, strategy=r.FOR_YOU, k=8)]) for i in range(n)]
 
 
 def answer(engine: SegmentEngine, profile: c.Profile, context: c.Context) -> s.EvaluateResponse:
@@ -54,7 +43,7 @@ def answer(engine: SegmentEngine, profile: c.Profile, context: c.Context) -> s.E
 @pytest.mark.parametrize("ids", ["same id", "new ids"])
 @pytest.mark.parametrize("experiments", [1, 5, 20])
 def test_evaluate_with_experiments(benchmark, experiments: int, ids: str) -> None:  # type: ignore[no-untyped-def]
-    plain, tested = build_engine(0), build_engine(experiments)
+    plain, tested = store_engine(), store_engine(experiments_on_slots(experiments))
     profile, context = shopper()
     profile.user_id = "shopper-123456"
     profile.aliases.append("anon-7f3c2a9e")

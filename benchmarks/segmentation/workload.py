@@ -3,12 +3,15 @@ a well-filled shopper profile, and columns for a million profiles."""
 
 from __future__ import annotations
 
+import asyncio
 import random
+from collections.abc import Sequence
 
 import numpy as np
 
 from scoring.rules import VT, ColumnBatch, CompiledRule
 from scoring.units import DAY_MS as DAY
+from services.segmentation.engine import SegmentEngine
 from vitrine.v1 import common_pb2 as c
 from vitrine.v1 import segment_pb2 as s
 
@@ -59,6 +62,22 @@ def offers(count: int = 50, seed: int = 8) -> list[s.Offer]:
     return [s.Offer(offer_id=f"offer{i:03d}", title="t", segment_ids=rnd.sample(targets, 3),
                     priority=rnd.randint(0, 100), starts_ms=NOW - DAY if i % 3 else 0,
                     ends_ms=NOW + DAY if i % 4 else 0) for i in range(count)]
+
+
+def store_engine(experiments: Sequence[s.Experiment] = ()) -> SegmentEngine:
+    """An in-process engine at NOW holding the store's 100 rules and 50 offers, and `experiments`."""
+    engine = SegmentEngine(clock=lambda: NOW)
+
+    async def load() -> None:
+        for segment in store_rules(100):
+            await engine.put_segment(segment)
+        for offer in offers(50):
+            await engine.put_offer(offer)
+        for experiment in experiments:
+            await engine.put_experiment(experiment)
+
+    asyncio.run(load())
+    return engine
 
 
 def shopper() -> tuple[c.Profile, c.Context]:
