@@ -24,3 +24,6 @@ FETCH_WAIT_SECONDS = 0.5
 READ_WAIT_SECONDS = 2.0
 # Pause before a shard retries a failed fetch (NATS node lost) or a failed fold (disk full).
 RETRY_SECONDS = 0.5
+# How long a starting shard retries creating/checking the stream (a NATS leader election after a
+# node is lost takes seconds).
+START_WAIT_SECONDS = 30.0

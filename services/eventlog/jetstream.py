@@ -76,15 +76,32 @@ class JetStreamLog:
             duplicate_window=s.duplicate_window_seconds, max_age=s.max_age_days * DAY_SECONDS,
         )
 
-    async def ensure_stream(self) -> None:
-        """Create the stream, or bring an existing one to these settings (idempotent)."""
+    async def ensure_stream(self, wait_s: float = C.START_WAIT_SECONDS) -> None:
+        """Create the stream, or bring an existing one to these settings (idempotent). Retried for
+        up to `wait_s`: right after a NATS node is lost the cluster may be electing a new
+        (meta or stream) leader and answers nothing for a few seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        while True:
+            try:
+                await self._ensure_stream()
+                return
+            except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError, TimeoutError):
+                if loop.time() >= deadline:
+                    raise
+                await asyncio.sleep(C.RETRY_SECONDS)
+
+    async def _ensure_stream(self) -> None:
         config = self.stream_config()
         try:
-            await self.js.stream_info(self.settings.stream)
+            info = await self.js.stream_info(self.settings.stream)
         except nats.js.errors.NotFoundError:
             await self.js.add_stream(config)
             return
-        await self.js.update_stream(config)
+        have = info.config
+        if (have.subjects, have.num_replicas, have.duplicate_window, have.max_age) != (
+                config.subjects, config.num_replicas, config.duplicate_window, config.max_age):
+            await self.js.update_stream(config)
 
     def partition_of(self, user_id: str) -> int:
         return partition_of(user_id, self.settings.partitions)

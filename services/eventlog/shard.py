@@ -105,13 +105,38 @@ class ShardConsumer:
             cursor = read_cursor(self.store, p)
             self.applied[p] = cursor
             name = self.durable_name(p)
-            with contextlib.suppress(Exception):  # absent: nothing to replace
-                await self.log.js.delete_consumer(s.stream, name)
             subject = partition_filter(p, s.prefix)
-            sub = await self.log.js.pull_subscribe(subject, durable=name, stream=s.stream,
-                                                   config=consumer_config(cursor + 1, subject, durable=name))
+            sub = await self._subscribe(subject, name, cursor)
             self._subs.append(sub)
             self._tasks.append(asyncio.create_task(self._consume(p, sub), name=f"shard-p{p}"))
+
+    async def _subscribe(self, subject: str, name: str, cursor: int,
+                         wait_s: float = C.START_WAIT_SECONDS) -> JetStreamContext.PullSubscription:
+        """The durable consumer, re-created at cursor + 1; retried while the cluster elects a leader.
+
+        The old consumer (at the previous owner's position) must be gone first: pull_subscribe
+        binds to an existing durable as it is, so a delete lost in an election would make a wiped
+        shard resume from the old position and skip the start of the stream. So the delete is
+        retried until it succeeds (or the consumer is absent) and the bound consumer is checked."""
+        s = self.log.settings
+        want = consumer_config(cursor + 1, subject, durable=name)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        while True:
+            try:
+                with contextlib.suppress(nats.js.errors.NotFoundError):
+                    await self.log.js.delete_consumer(s.stream, name)
+                sub = await self.log.js.pull_subscribe(subject, durable=name, stream=s.stream, config=want)
+                have = (await sub.consumer_info()).config
+                if (have.deliver_policy, have.opt_start_seq or None) == (want.deliver_policy, want.opt_start_seq):
+                    return sub
+                log.warning("consumer %s was not re-created at %d; again", name, cursor + 1)
+                await sub.unsubscribe()
+            except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError, TimeoutError) as exc:
+                if loop.time() >= deadline:
+                    raise
+                log.warning("consumer %s: %s; retrying", name, type(exc).__name__)
+            await asyncio.sleep(C.RETRY_SECONDS)
 
     async def _consume(self, partition: int, sub: JetStreamContext.PullSubscription) -> None:
         loop = asyncio.get_running_loop()

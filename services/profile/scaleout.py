@@ -17,6 +17,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from typing import NoReturn
 
+import nats.errors
+import nats.js.errors
+
 from services.common.errors import FailedPrecondition, InvalidArgument, Unavailable
 from services.eventlog import config as EC
 from services.eventlog.jetstream import JetStreamLog, JetStreamSettings
@@ -87,7 +90,7 @@ class ScaleOutProfile:
 
     # ------------------------------------------------------------------------------ writes
     async def track(self, event: common_pb2.Event) -> profile_pb2.TrackResponse:
-        seq, applied = await self._parts()[1].track(event)
+        seq, applied = (await self._acked([event]))[0]
         return profile_pb2.TrackResponse(applied=applied, user_id=event.user_id, seq=seq)
 
     async def track_batch(self, events: Sequence[common_pb2.Event]) -> StreamSummary:
@@ -123,10 +126,19 @@ class ScaleOutProfile:
             return False
         return True
 
+    async def _acked(self, events: Sequence[common_pb2.Event]) -> list[tuple[int, bool]]:
+        """(seq, applied) per event once JetStream acknowledged them; a log that does not answer
+        (a NATS node lost, a leader election) is UNAVAILABLE: safe to retry, event_id de-duplicates."""
+        try:
+            return await self._parts()[1].track_batch(events)
+        except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
+            raise Unavailable(f"the event log did not acknowledge the events ({type(exc).__name__}: {exc}); "
+                              "retry: the same event_id is stored once") from exc
+
     async def _append(self, events: Sequence[common_pb2.Event], summary: StreamSummary) -> None:
         if not events:
             return
-        for _, applied in await self._parts()[1].track_batch(events):
+        for _, applied in await self._acked(events):
             if applied:
                 summary.accepted += 1
             else:
