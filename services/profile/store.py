@@ -70,6 +70,7 @@ from services.profile.keys import (
     Txn,
     event_key_time,
     logged_event_bytes,
+    prefix_items,
     read_txn,
     seq_of_event_key,
 )
@@ -150,15 +151,8 @@ class LmdbProfileStore:
         self.rfm.load(self._rfm_items())
 
     def _rfm_items(self) -> list[tuple[bytes, bytes]]:
-        with read_txn(self.env, self.meta) as txn:
-            cursor = txn.cursor()
-            items = []
-            if cursor.set_range(META_RFM):
-                for key, value in cursor:
-                    if not key.startswith(META_RFM):
-                        break
-                    items.append((key, value))
-        return items
+        with read_txn(self.env) as txn:
+            return prefix_items(txn, self.meta, META_RFM)
 
     def reload_rfm(self) -> None:
         """Reload the RFM population from LMDB: for a process that reads while another one (the
