@@ -57,6 +57,17 @@ def new_state(user_id: str) -> profile_pb2.StoredProfile:
     return state
 
 
+def _position_by_time(times: Sequence[int], t: int) -> int:
+    """Where an item at `t` goes in a newest-first list: behind every newer item (a late event
+    goes behind what came after it), in front of the rest."""
+    pos = 0
+    if times and times[0] > t:
+        n = len(times)
+        while pos < n and times[pos] > t:
+            pos += 1
+    return pos
+
+
 def _push_recent(ids: MutableSequence[str], times: MutableSequence[int], item: str, t: int, limit: int) -> None:
     """Newest-first bounded list without duplicates, `times` parallel to `ids`."""
     if item in ids:
@@ -65,12 +76,7 @@ def _push_recent(ids: MutableSequence[str], times: MutableSequence[int], item: s
             return
         del ids[i]
         del times[i]
-    # Position by time (newest first); a late event goes behind newer items.
-    pos = 0
-    if times and times[0] > t:
-        n = len(times)
-        while pos < n and times[pos] > t:
-            pos += 1
+    pos = _position_by_time(times, t)
     if pos >= limit:
         return
     ids.insert(pos, item)
@@ -104,11 +110,7 @@ def _push_viewed(state: profile_pb2.StoredProfile, product_id: str, t: int) -> N
         del ids[i]
         del times[i]
         del counts[i]
-    pos = 0
-    if times and times[0] > t:
-        n = len(times)
-        while pos < n and times[pos] > t:
-            pos += 1
+    pos = _position_by_time(times, t)
     limit = C.RECENTLY_VIEWED_LENGTH
     if pos < limit:
         ids.insert(pos, product_id)
