@@ -7,7 +7,7 @@ Recall@k and P@k * k.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,26 +45,25 @@ def hit_rate(ranks: np.ndarray, k: int) -> float:
     return float(np.mean(ranks < k)) if ranks.size else 0.0
 
 
-def mrr(ranks: np.ndarray, k: int) -> float:
-    """Mean reciprocal rank, counting 0 for targets outside the top k."""
-    ranks = np.asarray(ranks)
-    if not ranks.size:
-        return 0.0
-    inside = ranks < k
-    rr = np.zeros(ranks.shape, dtype=np.float64)
-    rr[inside] = 1.0 / (ranks[inside] + 1.0)
-    return float(rr.mean())
-
-
-def ndcg(ranks: np.ndarray, k: int) -> float:
-    """NDCG@k with one relevant item: 1 / log2(rank + 2) inside the top k, else 0."""
+def _mean_gain(ranks: np.ndarray, k: int, gain: Callable[[np.ndarray], np.ndarray]) -> float:
+    """Mean over the cases of `gain(rank)` for targets inside the top k, 0 for the others."""
     ranks = np.asarray(ranks)
     if not ranks.size:
         return 0.0
     inside = ranks < k
     g = np.zeros(ranks.shape, dtype=np.float64)
-    g[inside] = 1.0 / np.log2(ranks[inside] + 2.0)
+    g[inside] = gain(ranks[inside])
     return float(g.mean())
+
+
+def mrr(ranks: np.ndarray, k: int) -> float:
+    """Mean reciprocal rank, counting 0 for targets outside the top k."""
+    return _mean_gain(ranks, k, lambda r: 1.0 / (r + 1.0))
+
+
+def ndcg(ranks: np.ndarray, k: int) -> float:
+    """NDCG@k with one relevant item: 1 / log2(rank + 2) inside the top k, else 0."""
+    return _mean_gain(ranks, k, lambda r: 1.0 / np.log2(r + 2.0))
 
 
 def coverage(lists: Sequence[Sequence[Hashable]] | np.ndarray, k: int, n_catalog: int,
