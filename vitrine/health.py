@@ -26,6 +26,17 @@ def _status_name(status: int) -> str:
     return str(health_pb2.HealthCheckResponse.ServingStatus.Name(status))
 
 
+def _time_left(deadline: float, process: subprocess.Popen[bytes] | None, where: str, last: str) -> float:
+    """Seconds left for the next attempt. Raises RuntimeError when `process` has exited and
+    TimeoutError (naming the last status seen) when the deadline has passed."""
+    if process is not None and process.poll() is not None:
+        raise RuntimeError(f"{where}: process exited with code {process.returncode} before SERVING")
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise TimeoutError(f"{where} did not report SERVING in time ({last})")
+    return remaining
+
+
 def wait_serving(address: str, deadline: float, process: subprocess.Popen[bytes] | None = None, *,
                  service: str = "") -> None:
     """Block until `address` reports `service` ("" = the whole server) SERVING.
@@ -37,11 +48,7 @@ def wait_serving(address: str, deadline: float, process: subprocess.Popen[bytes]
     with grpc.insecure_channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while True:
-            if process is not None and process.poll() is not None:
-                raise RuntimeError(f"{address}: process exited with code {process.returncode}")
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"{address} did not report SERVING in time ({last})")
+            remaining = _time_left(deadline, process, address, last)
             started = time.monotonic()
             try:
                 for reply in stub.Watch(health_pb2.HealthCheckRequest(service=service),
@@ -66,11 +73,7 @@ async def wait_serving_async(channel: grpc.aio.Channel, seconds: float, *, servi
     deadline = time.monotonic() + seconds
     last = "no answer"
     while True:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"process exited with code {process.returncode} before SERVING")
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError(f"service not SERVING after {seconds:.0f}s ({last})")
+        remaining = _time_left(deadline, process, f"the server (waited up to {seconds:.0f}s)", last)
         started = time.monotonic()
         call = stub.Watch(health_pb2.HealthCheckRequest(service=service),
                           timeout=min(ATTEMPT_SECONDS, remaining), wait_for_ready=True)
