@@ -73,7 +73,7 @@ async def wait_serving_async(channel: grpc.aio.Channel, seconds: float, *, servi
     deadline = time.monotonic() + seconds
     last = "no answer"
     while True:
-        remaining = _time_left(deadline, process, f"the server (waited up to {seconds:.0f}s)", last)
+        remaining = _time_left(deadline, process, f"the server (waited up to {seconds:g}s)", last)
         started = time.monotonic()
         call = stub.Watch(health_pb2.HealthCheckRequest(service=service),
                           timeout=min(ATTEMPT_SECONDS, remaining), wait_for_ready=True)
