@@ -37,6 +37,14 @@ def placement_calls(suite: FakeSuite) -> list[recommend_pb2.RecommendRequest]:
     return [r for r in suite.recommendation.requests if r.k != 100]
 
 
+async def fail(suite: FakeSuite, backend: str, mode: str) -> None:
+    """`down`: the backend's server is stopped; `slow`: it answers after SLOW seconds."""
+    if mode == "down":
+        await suite.take_down(backend)
+    else:
+        getattr(suite, backend).faults.delay = SLOW
+
+
 async def personalize(suite: FakeSuite, **fields: object) -> tuple[gateway_pb2.PersonalizeResponse, float]:
     values: dict[str, object] = {"user_id": "u1", "context": CONTEXT, "page_type": "home", **fields}
     request = gateway_pb2.PersonalizeRequest(**values)  # type: ignore[arg-type]
@@ -134,12 +142,10 @@ async def test_withdrawn_consent_is_not_personalized(fake_suite: FakeSuite) -> N
 @pytest.mark.parametrize("mode", ["down", "slow", "error"])
 async def test_profile_unavailable(fake_suite: FakeSuite, mode: str) -> None:
     known(fake_suite)
-    if mode == "down":
-        await fake_suite.take_down("profile")
-    elif mode == "slow":
-        fake_suite.profile.faults.delay = SLOW
-    else:
+    if mode == "error":
         fake_suite.profile.faults.code = grpc.StatusCode.INTERNAL
+    else:
+        await fail(fake_suite, "profile", mode)
     reply, elapsed = await personalize(fake_suite, deadline_ms=BUDGET_MS)
     assert elapsed < BUDGET_MS / 1000 + DEADLINE_SLACK
     assert not reply.personalized and reply.fallback_reason == "profile_unavailable"
@@ -150,10 +156,7 @@ async def test_profile_unavailable(fake_suite: FakeSuite, mode: str) -> None:
 @pytest.mark.parametrize("mode", ["down", "slow"])
 async def test_segmentation_unavailable(fake_suite: FakeSuite, mode: str) -> None:
     known(fake_suite)
-    if mode == "down":
-        await fake_suite.take_down("segmentation")
-    else:
-        fake_suite.segmentation.faults.delay = SLOW
+    await fail(fake_suite, "segmentation", mode)
     reply, elapsed = await personalize(fake_suite, deadline_ms=BUDGET_MS)
     assert elapsed < BUDGET_MS / 1000 + DEADLINE_SLACK
     assert reply.fallback_reason == "segmentation_unavailable"
@@ -169,10 +172,7 @@ async def test_recommendation_unavailable_uses_warm_trending(fake_suite: FakeSui
     known(fake_suite)
     fake_suite.recommendation.batch_implemented = batch
     assert fake_suite.service.trending.global_items  # warmed at start-up
-    if mode == "down":
-        await fake_suite.take_down("recommendation")
-    else:
-        fake_suite.recommendation.faults.delay = SLOW
+    await fail(fake_suite, "recommendation", mode)
     reply, elapsed = await personalize(fake_suite, deadline_ms=BUDGET_MS)
     assert elapsed < BUDGET_MS / 1000 + DEADLINE_SLACK
     assert reply.fallback_reason == "recommendation_unavailable"
@@ -299,10 +299,7 @@ async def test_track_errors_propagate(fake_suite: FakeSuite) -> None:
 
 @pytest.mark.parametrize("mode", ["down", "slow"])
 async def test_track_does_not_depend_on_the_recommendation_service(fake_suite: FakeSuite, mode: str) -> None:
-    if mode == "down":
-        await fake_suite.take_down("recommendation")
-    else:
-        fake_suite.recommendation.faults.delay = SLOW
+    await fail(fake_suite, "recommendation", mode)
     for i in range(5):
         started = time.perf_counter()
         reply = await fake_suite.stub.Track(profile_pb2.TrackRequest(event=event(f"e{i}")), timeout=5)
