@@ -186,14 +186,8 @@ class JourneyStore:
 
     def user_states(self, txn: lmdb.Transaction, user: str) -> Iterator[tuple[str, JourneyState]]:
         prefix = user.encode() + SEP
-        cursor = txn.cursor(db=self.db["states"])
-        if not cursor.set_range(prefix):
-            return
-        for key, raw in cursor:
-            key, raw = bytes(key), bytes(raw)
-            if not key.startswith(prefix):
-                break
-            yield bytes(key[len(prefix):]).decode(), JourneyState.from_bytes(raw)
+        for journey_id, raw in self._under(txn, "states", prefix):
+            yield journey_id.decode(), JourneyState.from_bytes(raw)
 
     # Watches and the product table.
     def product(self, txn: lmdb.Transaction, product_id: str) -> ProductInfo | None:
@@ -220,14 +214,8 @@ class JourneyStore:
         """Every (journey_id, user, watch) on a product."""
         prefix = product_id.encode() + SEP
         out: list[tuple[str, str, Watch]] = []
-        cursor = txn.cursor(db=self.db["watches"])
-        if not cursor.set_range(prefix):
-            return out
-        for key, raw in cursor:
-            key, raw = bytes(key), bytes(raw)
-            if not key.startswith(prefix):
-                break
-            journey_id, user = bytes(key[len(prefix):]).split(SEP, 1)
+        for rest, raw in self._under(txn, "watches", prefix):
+            journey_id, user = rest.split(SEP, 1)
             out.append((journey_id.decode(), user.decode(), Watch(**json.loads(raw))))
         return out
 
@@ -396,13 +384,18 @@ class JourneyStore:
     def stats(self, txn: lmdb.Transaction, journey_id: str) -> dict[str, float]:
         prefix = journey_id.encode() + SEP
         out: dict[str, float] = {}
-        cursor = txn.cursor(db=self.db["stats"])
-        if not cursor.set_range(prefix):
-            return out
-        for key, raw in cursor:
-            key, raw = bytes(key), bytes(raw)
-            if not key.startswith(prefix):
-                break
-            name = bytes(key[len(prefix):]).decode()
+        for rest, raw in self._under(txn, "stats", prefix):
+            name = rest.decode()
             out[name] = _F64.unpack(raw)[0] if name == "revenue" else _I64.unpack(raw)[0]
         return out
+
+    def _under(self, txn: lmdb.Transaction, db: str, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """The entries of `db` whose key starts with `prefix`, in key order: (rest of the key, value)."""
+        cursor = txn.cursor(db=self.db[db])
+        if not cursor.set_range(prefix):
+            return
+        for key, raw in cursor:
+            key = bytes(key)
+            if not key.startswith(prefix):
+                break
+            yield key[len(prefix):], bytes(raw)
