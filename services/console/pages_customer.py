@@ -14,7 +14,7 @@ from starlette.routing import Route
 from services.console.backends import BackendError, call
 from services.console.config import AFFINITY_BARS, MAX_QUERY_LENGTH, RECENT_AUDIT_LINES, TIMELINE_EVENTS
 from services.console.customer import load_customer
-from services.console.web import action, client_address, console, form_text, operator, render
+from services.console.web import action, audit, console, form_text, refused, render
 from vitrine.v1 import common_pb2, profile_pb2
 
 
@@ -54,12 +54,9 @@ async def set_consent(request: Request, form: FormData) -> Response:
         await call("gateway", state.clients.gateway.SetConsent,
                    profile_pb2.SetConsentRequest(user_id=user_id, consent=consent))
     except BackendError as err:
-        await state.audit.record(operator(request), "customer.consent", user_id, client=client_address(request),
-                                 ok=False, consent=wanted, error=str(err))
-        return render(request, "error.html", status_code=404 if err.not_found else 503, title="Consent not changed",
-                      message=str(err), back=_customer_url(user_id))
-    await state.audit.record(operator(request), "customer.consent", user_id, client=client_address(request),
-                             consent=wanted)
+        return await refused(request, "customer.consent", user_id, err, status_code=404 if err.not_found else 503,
+                             title="Consent not changed", back=_customer_url(user_id), consent=wanted)
+    await audit(request, "customer.consent", user_id, consent=wanted)
     return RedirectResponse(_customer_url(user_id, done="consent"), status_code=303)
 
 
@@ -75,13 +72,10 @@ async def erase(request: Request, form: FormData) -> Response:
         reply = await call("gateway", state.clients.gateway.DeleteProfile,
                            profile_pb2.DeleteProfileRequest(user_id=user_id))
     except BackendError as err:
-        await state.audit.record(operator(request), "customer.erase", user_id, client=client_address(request),
-                                 ok=False, error=str(err))
-        return render(request, "error.html", status_code=503, title="Not erased", message=str(err),
-                      back=_customer_url(user_id))
-    await state.audit.record(operator(request), "customer.erase", user_id, client=client_address(request),
-                             ok=reply.deleted, events_deleted=reply.events_deleted,
-                             aliases_deleted=reply.aliases_deleted)
+        return await refused(request, "customer.erase", user_id, err, status_code=503, title="Not erased",
+                             back=_customer_url(user_id))
+    await audit(request, "customer.erase", user_id, ok=reply.deleted, events_deleted=reply.events_deleted,
+                aliases_deleted=reply.aliases_deleted)
     return RedirectResponse(_customer_url(user_id), status_code=303)
 
 
@@ -93,12 +87,9 @@ async def export(request: Request, form: FormData) -> Response:
         reply = await call("gateway", state.clients.gateway.ExportProfile,
                            profile_pb2.ExportProfileRequest(user_id=user_id))
     except BackendError as err:
-        await state.audit.record(operator(request), "customer.export", user_id, client=client_address(request),
-                                 ok=False, error=str(err))
-        return render(request, "error.html", status_code=404 if err.not_found else 503, title="No export",
-                      message=str(err), back=_customer_url(user_id))
-    await state.audit.record(operator(request), "customer.export", user_id, client=client_address(request),
-                             bytes=len(reply.json))
+        return await refused(request, "customer.export", user_id, err, status_code=404 if err.not_found else 503,
+                             title="No export", back=_customer_url(user_id))
+    await audit(request, "customer.export", user_id, bytes=len(reply.json))
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in user_id)
     return Response(reply.json, media_type="application/json",
                     headers={"content-disposition": f'attachment; filename="vitrine-{safe}.json"'})

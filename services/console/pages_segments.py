@@ -23,7 +23,7 @@ from services.console.config import (
     MAX_RULE_LENGTH,
     RULE_CHECK_TIMEOUT_S,
 )
-from services.console.web import action, client_address, console, form_text, operator, render
+from services.console.web import action, audit, console, form_text, refused, render
 from vitrine.v1 import segment_pb2
 
 log = logging.getLogger(__name__)
@@ -108,12 +108,11 @@ async def save_segment(request: Request, form: FormData) -> Response:
     try:
         await call("segmentation", state.clients.segments.PutSegment, segment_pb2.PutSegmentRequest(segment=segment))
     except BackendError as err:
-        await state.audit.record(operator(request), "segment.put", segment.segment_id,
-                                 client=client_address(request), ok=False, rule=segment.rule, error=str(err))
-        return render(request, "error.html", status_code=400 if not err.unavailable else 503,
-                      title="Segment not saved", message=str(err), back="/segments")
-    await state.audit.record(operator(request), "segment.put", segment.segment_id, client=client_address(request),
-                             rule=segment.rule, name=segment.name, priority=segment.priority)
+        return await refused(request, "segment.put", segment.segment_id, err,
+                             status_code=400 if not err.unavailable else 503, title="Segment not saved",
+                             back="/segments", rule=segment.rule)
+    await audit(request, "segment.put", segment.segment_id, rule=segment.rule, name=segment.name,
+                priority=segment.priority)
     return RedirectResponse(f"/segments?done=saved+{segment.segment_id}", status_code=303)
 
 
@@ -125,12 +124,10 @@ async def delete_segment(request: Request, form: FormData) -> Response:
         reply = await call("segmentation", state.clients.segments.DeleteSegment,
                            segment_pb2.DeleteSegmentRequest(segment_id=segment_id))
     except BackendError as err:
-        await state.audit.record(operator(request), "segment.delete", segment_id, client=client_address(request),
-                                 ok=False, error=str(err))
-        return render(request, "error.html", status_code=400 if not err.unavailable else 503,
-                      title="Segment not deleted", message=str(err), back="/segments")
-    await state.audit.record(operator(request), "segment.delete", segment_id, client=client_address(request),
-                             ok=reply.deleted)
+        return await refused(request, "segment.delete", segment_id, err,
+                             status_code=400 if not err.unavailable else 503, title="Segment not deleted",
+                             back="/segments")
+    await audit(request, "segment.delete", segment_id, ok=reply.deleted)
     return RedirectResponse(f"/segments?done=deleted+{segment_id}", status_code=303)
 
 
@@ -183,12 +180,11 @@ async def export_audience(request: Request, form: FormData) -> Response:
     try:
         first = await anext(members, None)
     except BackendError as err:
-        await state.audit.record(operator(request), "audience.export", segment_id or rule,
-                                 client=client_address(request), ok=False, error=str(err))
-        return render(request, "error.html", status_code=400 if not err.unavailable else 503,
-                      title="Audience not exported", message=str(err), back="/segments")
-    await state.audit.record(operator(request), "audience.export", segment_id or rule, client=client_address(request),
-                             kind="segment" if segment_id else "rule", require_marketing_consent=consent)
+        return await refused(request, "audience.export", segment_id or rule, err,
+                             status_code=400 if not err.unavailable else 503, title="Audience not exported",
+                             back="/segments")
+    await audit(request, "audience.export", segment_id or rule, kind="segment" if segment_id else "rule",
+                require_marketing_consent=consent)
 
     async def all_members() -> AsyncIterator[segment_pb2.AudienceMember]:
         if first is not None:

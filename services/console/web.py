@@ -110,6 +110,19 @@ def action(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
     return checked
 
 
+async def audit(request: Request, action: str, target: str, *, ok: bool = True, **details: Any) -> None:
+    """One line in the audit log: the operator's action, from where, and what came of it."""
+    await console(request).audit.record(operator(request), action, target, client=client_address(request), ok=ok,
+                                        **details)
+
+
+async def refused(request: Request, action: str, target: str, err: Exception, *, status_code: int, title: str,
+                  back: str, **details: Any) -> HTMLResponse:
+    """A backend refused the operator's action: audited as failed, shown as an error page."""
+    await audit(request, action, target, ok=False, error=str(err), **details)
+    return render(request, "error.html", status_code=status_code, title=title, message=str(err), back=back)
+
+
 def form_text(form: FormData, name: str, limit: int, default: str = "") -> str:
     value = form.get(name, default)
     return value.strip()[:limit] if isinstance(value, str) else default
