@@ -21,17 +21,13 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np
 
-from benchmarks.recommendation.latency import item_vectors, say, synthetic_catalog
-from benchmarks.recommendation.rank_latency import latency_cli, timed
-from scoring.index import IndexParams, build_index
-from scoring.session_knn import build_neighbours
-from services.recommendation.engine import Query, Recommender, Shopper
-from services.recommendation.model import assemble
+from benchmarks.recommendation.latency import say
+from benchmarks.recommendation.rank_latency import bench_recommender, latency_cli, timed
+from services.recommendation.engine import Query, Shopper
 from services.recommendation.query import RankQuery
 from services.recommendation.rank import FirstStageScorer, ListRanker
 from services.recommendation.ranker import LearnedScorer
 from services.recommendation.ranker_model import train_ranker
-from services.recommendation.signals import Signals
 
 BENCH_TREES = 60
 
@@ -39,22 +35,17 @@ BENCH_TREES = 60
 def run(n: int, requests: int, list_size: int, dim: int = 64) -> dict[str, object]:
     rng = np.random.default_rng(3)
     say(f"{n:,} items x {dim}: vectors, index, session table, ranker")
-    x = item_vectors(n, dim)
-    index = build_index(x, IndexParams())
-    catalog = synthetic_catalog(n)
     sessions = []
     for _ in range(n):
         start = int(rng.integers(0, n))
         sessions.append((start + rng.integers(-20, 21, int(rng.integers(3, 10)))) % n)
-    neighbours = build_neighbours(sessions, n)
-    recommender = Recommender(catalog, Signals(24 * 3_600_000))
+    recommender, index_kind = bench_recommender(n, dim, sessions)
     params = recommender.for_you
     # a fixed 60 trees, more than early stopping kept on Tmall (5-51 across runs), so predict is not flattered
     learned = train_ranker(sessions, n, repeat_weight=1.0, recency_decay=params.recency_decay,
                            purchase_weight=params.purchase_weight, rounds=BENCH_TREES, early_stop=0)
     assert learned is not None, "the synthetic sessions gave too few cases for a ranker"
-    model = assemble("bench", np.asarray(catalog.ids), x, index, catalog.row_of, n, {}, neighbours)
-    recommender.model = replace(model, ranker=learned)
+    recommender.model = replace(recommender.model, ranker=learned)
     ranker = ListRanker(recommender, LearnedScorer())
     first = ListRanker(recommender, FirstStageScorer())
     shoppers = []
@@ -69,7 +60,7 @@ def run(n: int, requests: int, list_size: int, dim: int = 64) -> dict[str, objec
     for rq in rank_20[:20]:
         ranker.rank(rq)
         first.rank(rq)
-    out: dict[str, object] = {"items": n, "requests": requests, "list_size": list_size, "index": index.kind,
+    out: dict[str, object] = {"items": n, "requests": requests, "list_size": list_size, "index": index_kind,
                               "ranker": learned.meta}
     say(f"{requests} requests each: FOR_YOU with/without the ranker, Rank learned/first stage")
     params.second_stage = False

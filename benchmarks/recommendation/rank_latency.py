@@ -16,7 +16,7 @@ import argparse
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -42,16 +42,23 @@ def timed(requests: list[object], call: Callable[[object], object]) -> dict[str,
     return {"wall": percentiles(wall), "cpu": percentiles(cpu)}
 
 
-def run(n: int, requests: int, list_size: int, dim: int = 64) -> dict[str, object]:
-    rng = np.random.default_rng(3)
-    say(f"{n:,} items x {dim}: vectors, index, session table")
+def bench_recommender(n: int, dim: int, sessions: Sequence[np.ndarray]) -> tuple[Recommender, str]:
+    """The service's Recommender over a synthetic catalog of `n` products (clustered vectors, the
+    service's index choice, the session-neighbour table of `sessions`), and the index kind."""
     x = item_vectors(n, dim)
     index = build_index(x, IndexParams())
     catalog = synthetic_catalog(n)
-    sessions = [rng.integers(0, n, int(rng.integers(3, 10))) for _ in range(n // 2)]
     neighbours = build_neighbours(sessions, n)
     recommender = Recommender(catalog, Signals(24 * 3_600_000))
     recommender.model = assemble("bench", np.asarray(catalog.ids), x, index, catalog.row_of, n, {}, neighbours)
+    return recommender, index.kind
+
+
+def run(n: int, requests: int, list_size: int, dim: int = 64) -> dict[str, object]:
+    rng = np.random.default_rng(3)
+    say(f"{n:,} items x {dim}: vectors, index, session table")
+    sessions = [rng.integers(0, n, int(rng.integers(3, 10))) for _ in range(n // 2)]
+    recommender, index_kind = bench_recommender(n, dim, sessions)
     ranker = ListRanker(recommender)
     shoppers = [Shopper(recent=tuple(f"p{i}" for i in rng.integers(0, n, 5)), budget=40.0) for _ in range(requests)]
     lists = [tuple(f"p{i}" for i in rng.choice(n, list_size, replace=False)) for _ in range(requests)]
@@ -62,7 +69,7 @@ def run(n: int, requests: int, list_size: int, dim: int = 64) -> dict[str, objec
         recommender.recommend(q)
     for rq in rank_20[:20]:
         ranker.rank(rq)
-    out: dict[str, object] = {"items": n, "requests": requests, "list_size": list_size, "index": index.kind}
+    out: dict[str, object] = {"items": n, "requests": requests, "list_size": list_size, "index": index_kind}
     say(f"{requests} FOR_YOU, then {requests} Rank k=20 and k=0, one at a time")
     out["for_you_k20"] = timed(for_you, recommender.recommend)  # type: ignore[arg-type]
     out["rank_k20"] = timed(rank_20, ranker.rank)  # type: ignore[arg-type]
