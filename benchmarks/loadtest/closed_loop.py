@@ -19,13 +19,19 @@ import asyncio
 import json
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
 
-from vitrine.loadtest.generator import EchoWorkload, Workload, check_local, open_channels
+from vitrine.loadtest.generator import (
+    EchoWorkload,
+    Workload,
+    add_workload_arguments,
+    check_local,
+    open_channels,
+    workload_users,
+)
 
 REQUEST_TIMEOUT_S = 2.0
 MAX_CONCURRENCY = 512
@@ -99,11 +105,7 @@ async def drive(args: argparse.Namespace, users: list[str]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--target", required=True)
-    parser.add_argument("--mode", choices=("personalize", "echo"), default="personalize")
-    parser.add_argument("--users", help="file of shopper ids (whitespace separated); personalize mode")
-    parser.add_argument("--products", type=int, default=100_000)
-    parser.add_argument("--product-width", type=int, default=6)
+    add_workload_arguments(parser, "personalize")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--warmup", type=float, default=2.0)
@@ -116,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     import uvloop
 
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    users = [u for u in Path(args.users).read_text().split() if u] if args.mode == "personalize" else []
+    users = workload_users(args)
     result = asyncio.run(drive(args, users))
     print(f"[{args.mode} c={args.concurrency}] {result['answers_per_s']:.0f} answers/s, "
           f"{result['clean_per_s']:.0f} clean/s, p99 {result['p99_ms']:.1f} ms", file=sys.stderr, flush=True)

@@ -246,13 +246,24 @@ async def run(args: argparse.Namespace, users: list[str]) -> dict[str, Any]:
     return {"mode": args.mode, "target": args.target, "step_seconds": args.step_seconds, "steps": steps}
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_workload_arguments(parser: argparse.ArgumentParser, mode: str) -> None:
+    """The flags of the workload both load drivers send (this one and benchmarks.loadtest.closed_loop):
+    the target, `mode` (the suite's RPCs) or echo, the shopper ids and the product id space."""
     parser.add_argument("--target", required=True)
-    parser.add_argument("--mode", choices=("vitrine", "echo"), default="vitrine")
-    parser.add_argument("--users", help="file of shopper ids (whitespace separated); vitrine mode")
+    parser.add_argument("--mode", choices=(mode, "echo"), default=mode)
+    parser.add_argument("--users", help=f"file of shopper ids (whitespace separated); {mode} mode")
     parser.add_argument("--products", type=int, default=100_000)
     parser.add_argument("--product-width", type=int, default=6)
+
+
+def workload_users(args: argparse.Namespace) -> list[str]:
+    """The shopper ids of --users (none in echo mode)."""
+    return [u for u in Path(args.users).read_text().split() if u] if args.mode != "echo" else []
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_workload_arguments(parser, "vitrine")
     parser.add_argument("--steps", type=lambda s: [float(x) for x in s.split(",")], default=[250, 500, 1000])
     parser.add_argument("--step-seconds", type=float, default=10.0)
     parser.add_argument("--warmup-seconds", type=float, default=2.0)
@@ -263,7 +274,7 @@ def main(argv: list[str] | None = None) -> None:
         import uvloop
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    users = [u for u in Path(args.users).read_text().split() if u] if args.mode == "vitrine" else []
+    users = workload_users(args)
     print(json.dumps(asyncio.run(run(args, users))))
 
 
