@@ -222,14 +222,8 @@ class JourneyStore:
     def user_watches(self, txn: lmdb.Transaction, user: str) -> list[tuple[str, str]]:
         prefix = user.encode() + SEP
         out: list[tuple[str, str]] = []
-        cursor = txn.cursor(db=self.db["uwatch"])
-        if not cursor.set_range(prefix):
-            return out
-        for key in cursor.iternext(values=False):
-            key = bytes(key)
-            if not key.startswith(prefix):
-                break
-            journey_id, product_id = bytes(key[len(prefix):]).split(SEP, 1)
+        for rest, _ in self._under(txn, "uwatch", prefix):
+            journey_id, product_id = rest.split(SEP, 1)
             out.append((journey_id.decode(), product_id.decode()))
         return out
 
@@ -271,28 +265,13 @@ class JourneyStore:
     def user_message_ids(self, txn: lmdb.Transaction, user: str) -> list[str]:
         """Newest first."""
         prefix = user.encode() + SEP
-        out: list[str] = []
-        cursor = txn.cursor(db=self.db["umsg"])
-        if not cursor.set_range(prefix):
-            return out
-        for key in cursor.iternext(values=False):
-            key = bytes(key)
-            if not key.startswith(prefix):
-                break
-            out.append(bytes(key[len(prefix) + 8:]).decode())
+        out = [rest[8:].decode() for rest, _ in self._under(txn, "umsg", prefix)]
         out.reverse()
         return out
 
     def delete_user_messages(self, txn: lmdb.Transaction, user: str) -> int:
         prefix = user.encode() + SEP
-        keys = []
-        cursor = txn.cursor(db=self.db["umsg"])
-        if cursor.set_range(prefix):
-            for key in cursor.iternext(values=False):
-                key = bytes(key)
-                if not key.startswith(prefix):
-                    break
-                keys.append(bytes(key))
+        keys = [prefix + rest for rest, _ in self._under(txn, "umsg", prefix)]  # all read before any delete
         for key in keys:
             message_id = key[len(prefix) + 8:]
             raw = txn.get(message_id, db=self.db["delivery"])
