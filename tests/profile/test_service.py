@@ -339,9 +339,9 @@ async def test_retention_purge_runs_in_the_background(profiles: Profiles) -> Non
     engine.purge_interval_seconds = 0.05
     purger = asyncio.create_task(engine._purge_loop())
     try:
-        for _ in range(100):
+        for _ in range(400):  # one purge pass removes events and then idempotency keys: wait for both
             await asyncio.sleep(0.05)
-            if engine.store.count("events") == 1:
+            if engine.store.count("events") == 1 and engine.store.count("idem") == 0:
                 break
     finally:
         purger.cancel()
