@@ -78,9 +78,40 @@ def apply_items(store: LmdbProfileStore, partition: int, items: Sequence[profile
             store.apply_events([], now_ms, meta={cursor_key(partition): U64.pack(item.seq)})
 
 
+def drop_unowned(store: LmdbProfileStore, owned: Sequence[int], partition_of: Callable[[str], int],
+                 now_ms: int) -> list[int]:
+    """After a shard count change: erase the shoppers of partitions this shard no longer owns,
+    then their cursors (last, so a crash in between drops again; and a partition that comes back
+    later has no cursor and is rebuilt from the stream). Returns the partitions dropped."""
+    with store.env.begin(db=store.meta) as txn:
+        held = [int(key[len(CURSOR_PREFIX):]) for key, _ in txn.cursor() if key.startswith(CURSOR_PREFIX)]
+    dropped = sorted(set(held) - set(owned))
+    if not dropped:
+        return []
+    gone = set(dropped)
+    after = ""
+    while True:
+        rows = store.scan_profiles(after, C.FETCH_BATCH)
+        if not rows:
+            break
+        after = rows[-1].profile.user_id
+        for row in rows:
+            if partition_of(row.profile.user_id) in gone:
+                store.delete(row.profile.user_id, now_ms)
+    with store.env.begin(write=True, db=store.meta) as txn:
+        for p in dropped:
+            txn.delete(cursor_key(p))
+    return dropped
+
+
 class ShardConsumer:
+    """`owner` names this shard's durable consumers (`<owner>-p<N>`): unique per shard index and
+    count, so after a shard count change an old owner still running can never pull from the new
+    owner's consumer (same name = same consumer: it would take and ack the new owner's messages)."""
+
     def __init__(self, log: JetStreamLog, store: LmdbProfileStore, partitions: Sequence[int], *,
-                 clock: Callable[[], int] = wall_ms) -> None:
+                 clock: Callable[[], int] = wall_ms, owner: str = "shard") -> None:
+        self.owner = owner
         self.log = log
         self.store = store
         self.partitions = list(partitions)
@@ -97,10 +128,14 @@ class ShardConsumer:
         return self.log.partition_of(user_id) in self.partitions
 
     def durable_name(self, partition: int) -> str:
-        return f"shard-p{partition}"
+        return f"{self.owner}-p{partition}"
 
     async def start(self) -> None:
         s = self.log.settings
+        dropped = await asyncio.get_running_loop().run_in_executor(
+            self._executor, drop_unowned, self.store, self.partitions, self.log.partition_of, self.clock())
+        if dropped:
+            log.info("dropped partitions %s (no longer owned by this shard)", dropped)
         for p in self.partitions:
             cursor = read_cursor(self.store, p)
             self.applied[p] = cursor
@@ -126,6 +161,12 @@ class ShardConsumer:
             try:
                 with contextlib.suppress(nats.js.errors.NotFoundError):
                     await self.log.js.delete_consumer(s.stream, name)
+                # The previous owner's consumer of this partition (another shard count): gone, so
+                # the server keeps no stale consumer and the old owner stops consuming it.
+                for info in await self.log.js.consumers_info(s.stream):
+                    if info.name != name and info.config.filter_subject == subject:
+                        with contextlib.suppress(nats.js.errors.NotFoundError):
+                            await self.log.js.delete_consumer(s.stream, info.name)
                 sub = await self.log.js.pull_subscribe(subject, durable=name, stream=s.stream, config=want)
                 have = (await sub.consumer_info()).config
                 if (have.deliver_policy, have.opt_start_seq or None) == (want.deliver_policy, want.opt_start_seq):

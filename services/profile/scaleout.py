@@ -62,7 +62,8 @@ class ScaleOutProfile:
         """After engine.start() (the consumer folds into the engine's store)."""
         self.log = await JetStreamLog.connect(self.settings)
         self.writer = ScaleOutTrack(self.log, retention_days=self.engine.retention_days, clock=self.engine.clock)
-        self.consumer = ShardConsumer(self.log, self.engine.store, self.partitions, clock=self.engine.clock)
+        self.consumer = ShardConsumer(self.log, self.engine.store, self.partitions, clock=self.engine.clock,
+                                      owner=f"s{self.shard_index}of{self.shard_count}")
         await self.consumer.start()
 
     async def stop(self) -> None:
