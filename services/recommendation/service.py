@@ -377,6 +377,8 @@ class RecommendationService:
             raise InvalidArgument("give sessions inline or set from_event_log, not both")
         if len(spec.sessions) > MAX_TRAIN_SESSIONS:
             raise InvalidArgument(f"at most {MAX_TRAIN_SESSIONS} sessions per Train")
+        if spec.since_ms < 0:  # checked here: the profile shards would refuse it mid-scan
+            raise InvalidArgument(f"since_ms must be >= 0 (0 = the whole log), got {spec.since_ms}")
         if spec.from_event_log:
             sessions = await self._sessions_from_event_log(spec.since_ms)
         else:
