@@ -355,7 +355,7 @@ class ProfileEngine:
             raise InvalidArgument(f"events: {len(events)} events in one TrackBatch; at most {C.MAX_TRACK_BATCH} "
                                   "are allowed (split the batch)")
         summary = StreamSummary()
-        good = [event for index, event in enumerate(events) if self._accept(event, index, summary)]
+        good = [event for index, event in enumerate(events) if self.accept(event, index, summary)]
         if good:
             for result in await asyncio.shield(self._submit_events(good)):
                 if result.applied:
@@ -364,7 +364,9 @@ class ProfileEngine:
                     summary.duplicates += 1
         return summary
 
-    def _accept(self, event: common_pb2.Event, index: int, summary: StreamSummary) -> bool:
+    def accept(self, event: common_pb2.Event, index: int, summary: StreamSummary) -> bool:
+        """Validate event number `index` of a batch or stream; a bad one is counted in `summary` as
+        rejected with its reason (the first STREAM_MAX_ERRORS). Scale-out mode uses it too."""
         try:
             self.validate(event)
         except InvalidArgument as exc:
@@ -391,7 +393,7 @@ class ProfileEngine:
         index = -1
         async for event in events:
             index += 1
-            if not self._accept(event, index, summary):
+            if not self.accept(event, index, summary):
                 continue
             chunk.append(event)
             if len(chunk) >= C.STREAM_CHUNK_EVENTS:

@@ -99,7 +99,7 @@ class ScaleOutProfile:
             raise InvalidArgument(f"events: {len(events)} events in one TrackBatch; at most {C.MAX_TRACK_BATCH} "
                                   "are allowed (split the batch)")
         summary = StreamSummary()
-        good = [e for i, e in enumerate(events) if self._accept(e, i, summary)]
+        good = [e for i, e in enumerate(events) if self.engine.accept(e, i, summary)]
         await self._append(good, summary)
         return summary
 
@@ -109,23 +109,13 @@ class ScaleOutProfile:
         index = -1
         async for event in events:
             index += 1
-            if self._accept(event, index, summary):
+            if self.engine.accept(event, index, summary):
                 chunk.append(event)
             if len(chunk) >= C.STREAM_CHUNK_EVENTS:
                 await self._append(chunk, summary)
                 chunk = []
         await self._append(chunk, summary)
         return summary
-
-    def _accept(self, event: common_pb2.Event, index: int, summary: StreamSummary) -> bool:
-        try:
-            self.engine.validate(event)
-        except InvalidArgument as exc:
-            summary.rejected += 1
-            if len(summary.errors) < C.STREAM_MAX_ERRORS:
-                summary.errors.append(f"event {index} ({event.event_id[:C.MAX_ID_LENGTH]}): {exc.message}")
-            return False
-        return True
 
     async def _acked(self, events: Sequence[common_pb2.Event]) -> list[tuple[int, bool]]:
         """(seq, applied) per event once JetStream acknowledged them; a log that does not answer

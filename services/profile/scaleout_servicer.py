@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from services.profile.scaleout import ScaleOutProfile
-from services.profile.servicer import ProfileServicer
+from services.profile.servicer import ProfileServicer, track_summary
 from vitrine.v1 import common_pb2, profile_pb2
 
 
@@ -24,15 +24,11 @@ class ScaleOutServicer(ProfileServicer):
 
     async def TrackStream(self, request_iterator: AsyncIterator[common_pb2.Event],
                           context: grpc.aio.ServicerContext) -> profile_pb2.TrackSummary:
-        summary = await self.shard.track_stream(request_iterator)
-        return profile_pb2.TrackSummary(accepted=summary.accepted, duplicates=summary.duplicates,
-                                        rejected=summary.rejected, errors=summary.errors)
+        return track_summary(await self.shard.track_stream(request_iterator))
 
     async def TrackBatch(self, request: profile_pb2.TrackBatchRequest, context: grpc.aio.ServicerContext
                          ) -> profile_pb2.TrackSummary:
-        summary = await self.shard.track_batch(request.events)
-        return profile_pb2.TrackSummary(accepted=summary.accepted, duplicates=summary.duplicates,
-                                        rejected=summary.rejected, errors=summary.errors)
+        return track_summary(await self.shard.track_batch(request.events))
 
     async def FollowEvents(self, request: profile_pb2.FollowEventsRequest, context: grpc.aio.ServicerContext
                            ) -> AsyncIterator[profile_pb2.LoggedEvent]:

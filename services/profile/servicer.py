@@ -7,8 +7,13 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from services.profile.engine import ProfileEngine
+from services.profile.engine import ProfileEngine, StreamSummary
 from vitrine.v1 import common_pb2, profile_pb2, profile_pb2_grpc
+
+
+def track_summary(summary: StreamSummary) -> profile_pb2.TrackSummary:
+    return profile_pb2.TrackSummary(accepted=summary.accepted, duplicates=summary.duplicates,
+                                    rejected=summary.rejected, errors=summary.errors)
 
 
 class ProfileServicer(profile_pb2_grpc.ProfileServiceServicer):
@@ -22,15 +27,11 @@ class ProfileServicer(profile_pb2_grpc.ProfileServiceServicer):
 
     async def TrackStream(self, request_iterator: AsyncIterator[common_pb2.Event],
                           context: grpc.aio.ServicerContext) -> profile_pb2.TrackSummary:
-        summary = await self.engine.track_stream(request_iterator)
-        return profile_pb2.TrackSummary(accepted=summary.accepted, duplicates=summary.duplicates,
-                                        rejected=summary.rejected, errors=summary.errors)
+        return track_summary(await self.engine.track_stream(request_iterator))
 
     async def TrackBatch(self, request: profile_pb2.TrackBatchRequest, context: grpc.aio.ServicerContext
                          ) -> profile_pb2.TrackSummary:
-        summary = await self.engine.track_batch(request.events)
-        return profile_pb2.TrackSummary(accepted=summary.accepted, duplicates=summary.duplicates,
-                                        rejected=summary.rejected, errors=summary.errors)
+        return track_summary(await self.engine.track_batch(request.events))
 
     async def FollowEvents(self, request: profile_pb2.FollowEventsRequest, context: grpc.aio.ServicerContext
                            ) -> AsyncIterator[profile_pb2.LoggedEvent]:
