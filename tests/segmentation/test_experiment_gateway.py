@@ -57,8 +57,15 @@ async def test_gateway_exposures_and_purchases_reach_the_results(tmp_path: Path)
             return {v.variant_id: (v.users, v.converters) for v in res.variants}
 
         async with asyncio.timeout(WAIT_S):  # until both logs are folded (woken by each applied batch)
-            while await counted() != expected:
-                waits = [asyncio.ensure_future(f.wait_for_cursor(f.cursor + 1)) for f in followers]
+            while True:
+                # The cursors are read before the results: a batch applied while GetExperimentResults
+                # is in flight moves a cursor past its mark and wakes the wait below at once, instead
+                # of the wait looking for an item after the last one (which never comes).
+                marks = [f.cursor for f in followers]
+                if await counted() == expected:
+                    break
+                waits = [asyncio.ensure_future(f.wait_for_cursor(mark + 1))
+                         for f, mark in zip(followers, marks, strict=True)]
                 _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
                 for w in pending:
                     w.cancel()
