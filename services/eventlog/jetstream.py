@@ -12,7 +12,9 @@ majority of the replicas have it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import logging
 from collections.abc import AsyncIterator, Collection, Sequence
 
 import nats
@@ -24,11 +26,14 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 
 from services.eventlog import config as C
+from services.eventlog.metrics import HOLES
 from services.eventlog.partitions import erasure_subject, partition_filter, partition_of, user_subject
 from services.eventlog.protocol import Appended
 from vitrine.v1 import profile_pb2
 
 DAY_SECONDS = 86_400.0
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,18 +150,29 @@ class JetStreamLog:
         stream order, so the reader's cursor stays a stream seq)."""
         s = self.settings
         subject = f"{s.prefix}.>" if partition is None else partition_filter(partition, s.prefix)
-        sub = await self.js.pull_subscribe(subject, stream=s.stream, config=consumer_config(from_seq, subject))
         wanted = None if owned is None else {str(p) for p in owned}
         start = len(s.prefix) + 1
-        try:
-            while True:
-                msgs = await fetch(sub, batch)
-                if wanted is not None:
-                    msgs = [m for m in msgs if m.subject[start:].split(".", 1)[0] in wanted]
-                if msgs:
-                    yield [decode(m.data, m.metadata.sequence.stream) for m in msgs]
-        finally:
-            await sub.unsubscribe()
+        next_seq = from_seq
+        while True:
+            sub = await self.js.pull_subscribe(subject, stream=s.stream, config=consumer_config(next_seq, subject))
+            order = DeliveryOrder()
+            try:
+                hole = False
+                while not hole:
+                    msgs, hole = order.admit(await fetch(sub, batch))
+                    if not msgs:
+                        continue
+                    next_seq = msgs[-1].metadata.sequence.stream + 1
+                    if wanted is not None:
+                        msgs = [m for m in msgs if m.subject[start:].split(".", 1)[0] in wanted]
+                    if msgs:
+                        yield [decode(m.data, m.metadata.sequence.stream) for m in msgs]
+            finally:
+                with contextlib.suppress(Exception):  # the connection may be the thing that failed
+                    await sub.unsubscribe()
+            HOLES.labels("follow").inc()
+            log.warning("follow: deliveries from stream seq %d were lost in transit; consumer re-created there",
+                        next_seq)
 
     async def close(self) -> None:
         await self.nc.drain()
@@ -168,6 +184,33 @@ def consumer_config(from_seq: int, subject: str, durable: str | None = None) -> 
                           deliver_policy=DeliverPolicy.ALL if from_start else DeliverPolicy.BY_START_SEQUENCE,
                           opt_start_seq=None if from_start else from_seq,
                           ack_policy=AckPolicy.EXPLICIT if durable else AckPolicy.NONE)
+
+
+class DeliveryOrder:
+    """Whether a consumer's deliveries reached us without a hole.
+
+    A consumer numbers what it delivers (the consumer sequence, from 1). A fetch answer lost with
+    a NATS node or a connection leaves a hole in those numbers: the next answer starts past it.
+    Without this check the hole would be silent: an ack-none consumer never sends those messages
+    again, and an explicit-ack one redelivers them only after its ack wait, behind later messages
+    already applied. `admit` keeps the messages before the first hole; on a hole the reader
+    re-creates its consumer after the last item it handled (a new consumer counts from 1 again)."""
+
+    def __init__(self) -> None:
+        self.next_delivery = 1
+
+    def admit(self, msgs: Sequence[Msg]) -> tuple[list[Msg], bool]:
+        """(the messages in order up to the first hole, whether there was a hole)."""
+        kept: list[Msg] = []
+        for m in msgs:
+            delivered = m.metadata.sequence.consumer
+            if delivered > self.next_delivery:
+                return kept, True
+            if delivered == self.next_delivery:
+                self.next_delivery += 1
+                kept.append(m)
+            # below: a redelivery of a message already received (its ack was lost); dropped
+        return kept, False
 
 
 async def fetch(sub: JetStreamContext.PullSubscription, batch: int) -> list[Msg]:

@@ -7,7 +7,10 @@ meta key `stream:<N>`). So after any crash the store and its cursor agree, and t
 restarts from the cursor + 1: every item is applied exactly once. The durable consumer is
 re-created at that position on start, so a wiped LMDB (cursor 0) replays its partitions from
 the start of the stream: the rebuild. JetStream's acknowledgement comes after the commit and
-only tells the server how far the shard is (its `num_pending` is the shard's lag).
+only tells the server how far the shard is (its `num_pending` is the shard's lag). A fetch answer
+lost in transit (a NATS node killed) shows as a hole in the consumer's delivery numbers
+(`DeliveryOrder`); the consumer is then re-created after the cursor, so nothing after the hole is
+applied before what the hole held.
 
 `ScaleOutTrack` is the write side: it validates an event, appends it to the stream and answers
 with its position once JetStream has acknowledged it; `read_after` lets a read wait (bounded)
@@ -25,11 +28,11 @@ from collections.abc import Callable, Sequence
 
 import nats.errors
 import nats.js.errors
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from services.eventlog import config as C
-from services.eventlog.jetstream import JetStreamLog, consumer_config, fetch
+from services.eventlog.jetstream import DeliveryOrder, JetStreamLog, consumer_config, fetch
+from services.eventlog.metrics import HOLES
 from services.eventlog.partitions import partition_filter
 from services.profile.keys import U64
 from services.profile.store import LmdbProfileStore
@@ -131,29 +134,28 @@ class ShardConsumer:
         return f"{self.owner}-p{partition}"
 
     async def start(self) -> None:
-        s = self.log.settings
         dropped = await asyncio.get_running_loop().run_in_executor(
             self._executor, drop_unowned, self.store, self.partitions, self.log.partition_of, self.clock())
         if dropped:
             log.info("dropped partitions %s (no longer owned by this shard)", dropped)
         for p in self.partitions:
-            cursor = read_cursor(self.store, p)
-            self.applied[p] = cursor
-            name = self.durable_name(p)
-            subject = partition_filter(p, s.prefix)
-            sub = await self._subscribe(subject, name, cursor)
+            self.applied[p] = read_cursor(self.store, p)
+            sub = await self._subscribe(p)
             self._subs.append(sub)
             self._tasks.append(asyncio.create_task(self._consume(p, sub), name=f"shard-p{p}"))
 
-    async def _subscribe(self, subject: str, name: str, cursor: int,
+    async def _subscribe(self, partition: int,
                          wait_s: float = C.START_WAIT_SECONDS) -> JetStreamContext.PullSubscription:
-        """The durable consumer, re-created at cursor + 1; retried while the cluster elects a leader.
+        """The durable consumer, re-created after the partition's cursor; retried while the cluster
+        elects a leader.
 
         The old consumer (at the previous owner's position) must be gone first: pull_subscribe
         binds to an existing durable as it is, so a delete lost in an election would make a wiped
         shard resume from the old position and skip the start of the stream. So the delete is
         retried until it succeeds (or the consumer is absent) and the bound consumer is checked."""
         s = self.log.settings
+        name, subject = self.durable_name(partition), partition_filter(partition, s.prefix)
+        cursor = self.applied[partition]
         want = consumer_config(cursor + 1, subject, durable=name)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
@@ -181,15 +183,14 @@ class ShardConsumer:
 
     async def _consume(self, partition: int, sub: JetStreamContext.PullSubscription) -> None:
         loop = asyncio.get_running_loop()
+        order = DeliveryOrder()
         while True:
             try:
-                msgs: list[Msg] = await fetch(sub, C.FETCH_BATCH)
+                msgs, hole = order.admit(await fetch(sub, C.FETCH_BATCH))
             except (nats.errors.Error, nats.js.errors.Error) as exc:
                 # A NATS node went away: the client reconnects (to another node of the cluster).
                 log.warning("partition %d: fetch failed (%s), retrying", partition, exc)
                 await asyncio.sleep(C.RETRY_SECONDS)
-                continue
-            if not msgs:
                 continue
             items = []
             for m in msgs:
@@ -213,6 +214,27 @@ class ShardConsumer:
             for m in msgs:  # after the commit; only progress information for the server
                 with contextlib.suppress(Exception):
                     await m.ack()
+            if hole:
+                HOLES.labels("shard").inc()
+                log.warning("partition %d: deliveries after seq %d were lost in transit; consumer re-created there",
+                            partition, self.applied[partition])
+                sub, order = await self._resubscribe(partition, sub), DeliveryOrder()
+
+    async def _resubscribe(self, partition: int,
+                           old: JetStreamContext.PullSubscription) -> JetStreamContext.PullSubscription:
+        """The consumer re-created after the cursor, however long the cluster takes to answer."""
+        with contextlib.suppress(Exception):
+            await old.unsubscribe()
+        self._subs.remove(old)
+        while True:
+            try:
+                sub = await self._subscribe(partition)
+            except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
+                log.warning("partition %d: consumer not re-created yet (%s)", partition, type(exc).__name__)
+                await asyncio.sleep(C.RETRY_SECONDS)
+                continue
+            self._subs.append(sub)
+            return sub
 
     async def wait_applied(self, partition: int, seq: int, wait_s: float = C.READ_WAIT_SECONDS) -> bool:
         """True once `partition` has applied through `seq`; False after `wait_s` seconds."""

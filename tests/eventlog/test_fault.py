@@ -231,8 +231,5 @@ def test_kill_a_nats_node_and_a_shard_under_traffic(shards: Shards, nats_cluster
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="#17 open defect: in the full parallel run (3 workers, loaded machine) a rebuilt shard's "
-                          "LMDB differed from the fold of the acknowledged events after the second round; passes "
-                          "alone; under investigation", strict=False)
 def test_kill_nodes_and_shards_repeatedly(shards: Shards, nats_cluster: list[NatsNode], tmp_path: Path) -> None:
     run_rounds(shards, nats_cluster, tmp_path, rounds=2)
