@@ -30,6 +30,7 @@ import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
 
+from services.common.tasks import cancel_and_wait
 from services.eventlog import config as C
 from services.eventlog.jetstream import DeliveryOrder, JetStreamLog, consumer_config, fetch
 from services.eventlog.metrics import HOLES
@@ -123,6 +124,7 @@ class ShardConsumer:
         self.items_applied = 0
         self._changed = asyncio.Condition()
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
         self._subs: list[JetStreamContext.PullSubscription] = []
         # LMDB writes from one thread at a time (the store's rule).
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-writer")
@@ -184,10 +186,12 @@ class ShardConsumer:
     async def _consume(self, partition: int, sub: JetStreamContext.PullSubscription) -> None:
         loop = asyncio.get_running_loop()
         order = DeliveryOrder()
-        while True:
+        while not self._stopping:
             try:
                 msgs, hole = order.admit(await fetch(sub, C.FETCH_BATCH))
             except (nats.errors.Error, nats.js.errors.Error) as exc:
+                if self._stopping:  # nats-py turns the stop's cancellation into ConnectionClosedError
+                    return
                 # A NATS node went away: the client reconnects (to another node of the cluster).
                 log.warning("partition %d: fetch failed (%s), retrying", partition, exc)
                 await asyncio.sleep(C.RETRY_SECONDS)
@@ -226,7 +230,7 @@ class ShardConsumer:
         with contextlib.suppress(Exception):
             await old.unsubscribe()
         self._subs.remove(old)
-        while True:
+        while not self._stopping:
             try:
                 sub = await self._subscribe(partition)
             except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
@@ -235,6 +239,7 @@ class ShardConsumer:
                 continue
             self._subs.append(sub)
             return sub
+        raise asyncio.CancelledError  # stopping
 
     async def wait_applied(self, partition: int, seq: int, wait_s: float = C.READ_WAIT_SECONDS) -> bool:
         """True once `partition` has applied through `seq`; False after `wait_s` seconds."""
@@ -246,11 +251,11 @@ class ShardConsumer:
         return True
 
     async def stop(self) -> None:
+        self._stopping = True
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         self._tasks.clear()
         for sub in self._subs:  # the durable consumers stay: the next owner re-creates them
             with contextlib.suppress(Exception):
